@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FMNIST ?= /usr/share/datasets/fashion-mnist
+# PyTorch pinned for CI and this machine (the wheels lie on its disk); pyproject leaves it open for users.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install data test demo benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST from the Debian package when it is missing (needs apt; elsewhere set DIFFMIA_FASHION_MNIST).
+data:
+	@if [ ! -f "$(FMNIST)/train-images-idx3-ubyte.gz" ] && [ -z "$$DIFFMIA_FASHION_MNIST" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST missing: put the IDX .gz files in a folder and set DIFFMIA_FASHION_MNIST"; exit 1; \
+	  fi; \
+	fi
+
+test: install data
+	$(PY) -m pytest -q
+
+demo: install data
+	$(VENV)/bin/diffmia demo --out runs/demo
+
+benchmark: install data
+	$(PY) benchmarks/run_benchmark.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,51 @@
+"""Loss attack ("naive attack", NA).
+
+Paper: Matsumoto, Miura & Yanai, "Membership Inference Attacks against Diffusion Models" (2023);
+Hu & Pang, "Membership Inference of Diffusion Models" (2023). SPEC 3.1.
+Threat model: white-box (the noise predictor eps_theta is queried directly).
+
+For each t in ``timesteps`` (default {200}): l_t = ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t)||^2
+with eps drawn from a seeded generator per sample. Score = -mean_t l_t (a member has a lower loss).
+Variants: with several timesteps, also each single ``loss[t=...]`` (the sweep). Queries: |timesteps|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import ops
+from .base import Attack, check_images, check_timesteps, default_seeds
+
+
+class LossAttack(Attack):
+    name = "loss"
+    paper = "Matsumoto et al. 2023; Hu & Pang 2023 (naive loss attack)"
+    threat_model = "white-box"
+
+    def __init__(self, timesteps=(200,), seed: int = 0):
+        self.timesteps = timesteps
+        self.seed = seed
+
+    def queries_per_sample(self) -> int:
+        return len(self.timesteps) if isinstance(self.timesteps, (list, tuple)) else 1
+
+    def features(self, target, images, cond=None, seeds=None):
+        ts = check_timesteps(self.timesteps, target, self.name)
+        x0 = target.to_model_space(check_images(images, self.name))
+        seeds = default_seeds(seeds, len(x0))
+        abar = target.alphas_cumprod
+        out = {}
+        for t in ts:
+            eps = ops.sample_noise(x0.shape[1:], seeds, salt=self.seed * 100_003 + t, device=x0.device)
+            x_t = ops.q_sample(abar, x0, t, eps)                      # x_t ~ q(x_t | x_0)
+            out[f"l_{t}"] = ops.sum_sq(eps - target.eps(x_t, t, cond)).cpu().numpy()
+        return out
+
+    def scores(self, features):
+        keys = [k for k in features if k.startswith("l_")]
+        losses = np.stack([features[k] for k in keys])
+        out = {"loss": -losses.mean(0)}                              # score = -mean_t l_t
+        if len(keys) > 1:
+            out.update({f"loss[t={k[2:]}]": -features[k] for k in keys})
+        return out

@@ -1,0 +1,358 @@
+"""Data: readers (Fashion-MNIST IDX, image folders, .npz), preprocessing, membership splits.
+
+Pixel conventions (the only place they change):
+  * a ``Dataset`` holds raw images as ``uint8`` arrays, N x H x W x C (C = 1 for grey);
+  * ``to_model_input`` turns them into float32 tensors N x C x H' x W' in [-1, 1], padding
+    28 x 28 images to 32 x 32 with the background value (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, SplitError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ENV = "DIFFMIA_FASHION_MNIST"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class Dataset:
+    """A pool of candidate images. ``ids`` are stable sample identifiers (indices into the source)."""
+
+    images: np.ndarray  # uint8, N x H x W x C
+    name: str
+    ids: np.ndarray = None  # int64, N
+    labels: np.ndarray | None = None
+    captions: list[str] | None = None
+    files: list[str] | None = None
+
+    def __post_init__(self):
+        if self.images.ndim == 3:
+            self.images = self.images[..., None]
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DataError(
+                f"{self.name}: images must be uint8 N x H x W (x C), got {self.images.dtype} "
+                f"with shape {self.images.shape}")
+        if len(self.images) == 0:
+            raise DataError(f"{self.name}: the data set is empty")
+        if self.ids is None:
+            self.ids = np.arange(len(self.images), dtype=np.int64)
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, ids) -> "Dataset":
+        """The samples whose ids are ``ids``, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = {int(i): p for p, i in enumerate(self.ids)}
+        missing = [int(i) for i in ids if int(i) not in pos]
+        if missing:
+            raise SplitError(
+                f"{self.name}: {len(missing)} ids are not in the data (first: {missing[:5]}); "
+                "is the split made for another data set?")
+        rows = np.array([pos[int(i)] for i in ids], dtype=np.int64)
+        return Dataset(
+            images=self.images[rows], name=self.name, ids=ids,
+            labels=None if self.labels is None else self.labels[rows],
+            captions=None if self.captions is None else [self.captions[r] for r in rows],
+            files=None if self.files is None else [self.files[r] for r in rows])
+
+    def sha256(self) -> list[str]:
+        """SHA-256 of each image's raw bytes (uint8, H x W x C, C-order)."""
+        return [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in self.images]
+
+
+# ----------------------------------------------------------------------------- readers
+def fashion_mnist_dir(root: str | os.PathLike | None = None) -> Path:
+    return Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    if len(data) < 4:
+        raise DataError(f"{path}: not an IDX file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says shape {shape} but holds {arr.size} values")
+    return arr.reshape(shape)
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None, subset: str = "train") -> Dataset:
+    """Fashion-MNIST from its IDX ``.gz`` files.
+
+    ``root`` defaults to ``$DIFFMIA_FASHION_MNIST`` or ``/usr/share/datasets/fashion-mnist``
+    (Debian package ``dataset-fashion-mnist``).
+    """
+    if subset not in _FMNIST_FILES:
+        raise DataError(f"Fashion-MNIST subset must be 'train' or 'test', got {subset!r}")
+    folder = fashion_mnist_dir(root)
+    img_file, lbl_file = (folder / f for f in _FMNIST_FILES[subset])
+    if not img_file.exists() or not lbl_file.exists():
+        raise DataError(
+            f"Fashion-MNIST not found: {img_file} is missing. Install it with "
+            "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or download the four "
+            f"IDX .gz files into a folder and pass it with --data-root or ${FASHION_MNIST_ENV}.")
+    images, labels = _read_idx(img_file), _read_idx(lbl_file)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise DataError(f"{img_file}: expected N x 28 x 28 images matching {len(labels)} labels, "
+                        f"got shape {images.shape}")
+    return Dataset(images=images.copy(), labels=labels.astype(np.int64),
+                   name=f"fashion-mnist-{subset}")
+
+
+def load_image_folder(folder: str | os.PathLike, captions: str | os.PathLike | None = None,
+                      mode: str | None = None) -> Dataset:
+    """All images of a folder (sorted by file name). ``captions``: a JSON {file name: caption}
+    or a text file with one ``file<TAB>caption`` per line. ``mode``: 'L' or 'RGB' (default: the
+    first image's)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    arrays = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                if mode is None:
+                    mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+                arrays.append(np.asarray(im.convert(mode), dtype=np.uint8))
+        except OSError as e:
+            raise DataError(f"{p}: cannot read image ({e})") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise DataError(f"{folder}: images differ in size {sorted(shapes)[:3]}; resize them to one size")
+    caps = None
+    if captions is not None:
+        caps = _read_captions(Path(captions), [p.name for p in files])
+    return Dataset(images=np.stack(arrays), name=folder.name, captions=caps,
+                   files=[p.name for p in files])
+
+
+def _read_captions(path: Path, names: list[str]) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: captions file not found")
+    if path.suffix == ".json":
+        table = json.loads(path.read_text())
+    else:
+        table = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                if "\t" not in line:
+                    raise DataError(f"{path}:{n}: expected 'file<TAB>caption'")
+                k, v = line.split("\t", 1)
+                table[k] = v
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise DataError(f"{path}: no caption for {len(missing)} images (first: {missing[0]})")
+    return [table[n] for n in names]
+
+
+def load_npz(path: str | os.PathLike, key: str = "images") -> Dataset:
+    """Images from an ``.npz`` array (uint8 N x H x W (x C) or N x C x H x W). Optional keys
+    ``labels`` and ``ids``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with np.load(path, allow_pickle=False) as z:
+        if key not in z:
+            raise DataError(f"{path}: no array named {key!r} (has {sorted(z.files)})")
+        images = z[key]
+        labels = z["labels"] if "labels" in z else None
+        ids = z["ids"] if "ids" in z else None
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: images must be uint8 (0..255), got {images.dtype}")
+    return Dataset(images=images, name=path.stem, labels=labels, ids=ids)
+
+
+def load_dataset(spec: str, root: str | None = None) -> Dataset:
+    """``fashion-mnist`` / ``fashion-mnist:test``, a folder of images, or an ``.npz`` file."""
+    name, _, sub = spec.partition(":")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(root, sub or "train")
+    p = Path(spec)
+    if p.is_dir():
+        return load_image_folder(p)
+    if p.suffix == ".npz":
+        return load_npz(p)
+    raise DataError(f"unknown data {spec!r}: use 'fashion-mnist[:train|test]', a folder of images "
+                    "or an .npz file")
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def to_model_input(images: np.ndarray, size: int | None = 32):
+    """uint8 N x H x W x C -> float32 torch tensor N x C x size x size in [-1, 1].
+
+    Images smaller than ``size`` are padded symmetrically with the background value (-1, i.e.
+    black, as Fashion-MNIST's background); ``size=None`` keeps the size."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if size is not None:
+        h, w = x.shape[-2:]
+        if h > size or w > size:
+            raise DataError(f"images are {h}x{w}, larger than the model size {size}x{size}")
+        if (h, w) != (size, size):
+            top, left = (size - h) // 2, (size - w) // 2
+            x = torch.nn.functional.pad(x, (left, size - w - left, top, size - h - top), value=-1.0)
+    return x.contiguous()
+
+
+def from_model_output(x, crop: tuple[int, int] | None = None) -> np.ndarray:
+    """float tensor N x C x H x W in [-1, 1] -> uint8 N x H x W x C (optionally centre-cropped)."""
+    import torch
+
+    x = x.detach().float().cpu()
+    if crop is not None and tuple(x.shape[-2:]) != tuple(crop):
+        h, w = x.shape[-2:]
+        top, left = (h - crop[0]) // 2, (w - crop[1]) // 2
+        x = x[..., top:top + crop[0], left:left + crop[1]]
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+# ----------------------------------------------------------------------------- splits
+@dataclass
+class MembershipSplit:
+    """Which samples of a pool the target trained on (members) and which it did not.
+
+    Saved as JSON with the SHA-256 of each image's bytes so it can be verified against data later.
+    """
+
+    members: np.ndarray
+    nonmembers: np.ndarray
+    dataset: str = ""
+    seed: int | None = None
+    member_sha256: list[str] | None = None
+    nonmember_sha256: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.members = np.asarray(self.members, dtype=np.int64)
+        self.nonmembers = np.asarray(self.nonmembers, dtype=np.int64)
+        if len(self.members) == 0 or len(self.nonmembers) == 0:
+            raise SplitError("a split needs at least one member and one non-member")
+        for label, ids in (("members", self.members), ("non-members", self.nonmembers)):
+            if len(np.unique(ids)) != len(ids):
+                raise SplitError(f"the split lists some {label} twice")
+        both = np.intersect1d(self.members, self.nonmembers)
+        if len(both):
+            raise SplitError(f"{len(both)} samples are both members and non-members "
+                             f"(ids {both[:5].tolist()})")
+        if self.member_sha256 and self.nonmember_sha256:
+            dup = set(self.member_sha256) & set(self.nonmember_sha256)
+            if dup:
+                raise SplitError(f"{len(dup)} member images are byte-identical to non-member images "
+                                 "(same SHA-256); remove the duplicates from the pool")
+
+    @classmethod
+    def random(cls, data: Dataset, n_members: int, n_nonmembers: int | None = None,
+               seed: int = 0) -> "MembershipSplit":
+        """A seeded random split of ``data`` (default: the rest of a 50/50 split)."""
+        n = len(data)
+        n_nonmembers = n_members if n_nonmembers is None else n_nonmembers
+        if n_members < 1 or n_nonmembers < 1 or n_members + n_nonmembers > n:
+            raise SplitError(f"cannot draw {n_members} members and {n_nonmembers} non-members "
+                             f"from {n} images of {data.name}")
+        perm = np.random.default_rng(seed).permutation(n)
+        mem, non = data.ids[perm[:n_members]], data.ids[perm[n_members:n_members + n_nonmembers]]
+        return cls.for_data(data, mem, non, seed=seed)
+
+    @classmethod
+    def for_data(cls, data: Dataset, members, nonmembers, seed=None, **meta) -> "MembershipSplit":
+        m, nm = data.subset(members), data.subset(nonmembers)
+        return cls(members=m.ids, nonmembers=nm.ids, dataset=data.name, seed=seed,
+                   member_sha256=m.sha256(), nonmember_sha256=nm.sha256(), meta=meta)
+
+    # -- views
+    @property
+    def ids(self) -> np.ndarray:
+        return np.concatenate([self.members, self.nonmembers])
+
+    @property
+    def is_member(self) -> np.ndarray:
+        return np.concatenate([np.ones(len(self.members), bool), np.zeros(len(self.nonmembers), bool)])
+
+    def select(self, data: Dataset, verify: bool = True) -> tuple[Dataset, np.ndarray]:
+        """(members then non-members as one Dataset, is_member), checking the hashes."""
+        sub = data.subset(self.ids)
+        if verify and self.member_sha256 and self.nonmember_sha256:
+            want = list(self.member_sha256) + list(self.nonmember_sha256)
+            bad = [int(i) for i, a, b in zip(sub.ids, sub.sha256(), want) if a != b]
+            if bad:
+                raise SplitError(f"{len(bad)} images differ from the split's SHA-256 (ids {bad[:5]}); "
+                                 f"the split was made for other data than {data.name}")
+        return sub, self.is_member
+
+    def limit(self, n_members: int | None, n_nonmembers: int | None) -> "MembershipSplit":
+        """The first ``n`` members / non-members (for quick runs)."""
+        km = slice(None if n_members is None else n_members)
+        kn = slice(None if n_nonmembers is None else n_nonmembers)
+        return MembershipSplit(
+            self.members[km], self.nonmembers[kn], self.dataset, self.seed,
+            None if self.member_sha256 is None else self.member_sha256[km],
+            None if self.nonmember_sha256 is None else self.nonmember_sha256[kn], dict(self.meta))
+
+    # -- files
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "seed": self.seed,
+                "members": self.members.tolist(), "nonmembers": self.nonmembers.tolist(),
+                "member_sha256": self.member_sha256, "nonmember_sha256": self.nonmember_sha256,
+                "meta": self.meta}
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        if path.suffix == ".npz":  # SecMI / PIA format
+            np.savez(path, mia_train_idxs=self.members, mia_eval_idxs=self.nonmembers)
+        else:
+            path.write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MembershipSplit":
+        path = Path(path)
+        if not path.exists():
+            raise SplitError(f"{path}: split file not found")
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "mia_train_idxs" not in z or "mia_eval_idxs" not in z:
+                    raise SplitError(f"{path}: a SecMI/PIA split needs arrays 'mia_train_idxs' "
+                                     f"and 'mia_eval_idxs' (has {sorted(z.files)})")
+                return cls(z["mia_train_idxs"], z["mia_eval_idxs"], dataset="", meta={"source": str(path)})
+        try:
+            d = json.loads(path.read_text())
+            return cls(d["members"], d["nonmembers"], d.get("dataset", ""), d.get("seed"),
+                       d.get("member_sha256"), d.get("nonmember_sha256"), d.get("meta") or {})
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SplitError(f"{path}: not a diffmia split file ({e!r})") from None

@@ -1,0 +1,328 @@
+"""Train a DDPM target on the members of a split (``diffmia train``).
+
+A ``diffusers`` ``UNet2DModel`` with epsilon prediction and a linear-beta ``DDPMScheduler``; AdamW with
+linear warm-up, gradient clipping, EMA weights beside the raw ones, optional augmentation (horizontal
+flip, Cutout, RandAugment) and weight decay. Checkpoints are written atomically every
+``checkpoint_every`` steps; re-running the same command continues from the last one (also after
+``kill -9``). Batches and noise depend only on (seed, step), so a resumed run equals an uninterrupted one.
+
+Output folder = a target: ``unet/`` (EMA), ``unet_raw/``, ``scheduler/``, ``model_index.json``
+(so ``diffusers.DDPMPipeline.from_pretrained`` opens it), ``split.json``, ``training.json``,
+``samples.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import MembershipSplit, load_dataset, to_model_input
+from .errors import DiffmiaError
+
+
+@dataclass
+class TrainConfig:
+    data: str = "fashion-mnist"
+    data_root: str | None = None
+    split: str | None = None          # an existing split file; else drawn with split_seed
+    n_members: int = 256
+    n_nonmembers: int | None = None   # default: as many as members
+    split_seed: int = 0
+    image_size: int = 32
+    channels: tuple[int, ...] = (16, 32, 32)
+    layers_per_block: int = 1
+    attention: bool = False           # attention blocks at the lowest resolution
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0         # AdamW decoupled weight decay (an l2-style defence)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    hflip: bool = False
+    cutout: int = 0                   # side of the Cutout square in pixels (0 = off)
+    randaugment: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_grid: int = 64             # images in samples.png (0 = none)
+    sample_steps: int = 1000
+    device: str = "auto"
+    threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DiffmiaError(f"unknown training options: {sorted(unknown)}")
+        d = dict(d)
+        if "channels" in d:
+            d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+def build_unet(cfg: TrainConfig, in_channels: int):
+    from diffusers import UNet2DModel
+
+    n = len(cfg.channels)
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(sample_size=cfg.image_size, in_channels=in_channels, out_channels=in_channels,
+                       block_out_channels=tuple(cfg.channels), layers_per_block=cfg.layers_per_block,
+                       down_block_types=tuple(down), up_block_types=tuple(up),
+                       norm_num_groups=cfg.norm_num_groups)
+
+
+def build_scheduler(cfg: TrainConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
+                         beta_end=cfg.beta_end, beta_schedule="linear", prediction_type="epsilon",
+                         clip_sample=True)
+
+
+def _batch_positions(step: int, batch: int, n: int, seed: int) -> np.ndarray:
+    """Member positions of a step's batch: consecutive slices of per-epoch seeded permutations."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, off = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[off:off + batch - len(out)].tolist())
+    return np.asarray(out)
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    if cfg.randaugment:
+        from torchvision.transforms import v2
+
+        ra = v2.RandAugment()
+        u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=g)))
+        x = torch.stack([ra(im) for im in u8]).float() / 127.5 - 1
+    if cfg.hflip:
+        flip = torch.rand(x.shape[0], generator=g) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if cfg.cutout:
+        h, w = x.shape[-2:]
+        cy = torch.randint(0, h, (x.shape[0],), generator=g)
+        cx = torch.randint(0, w, (x.shape[0],), generator=g)
+        yy = torch.arange(h).view(1, h, 1)
+        xx = torch.arange(w).view(1, 1, w)
+        r = cfg.cutout // 2
+        box = ((yy - cy.view(-1, 1, 1)).abs() <= r) & ((xx - cx.view(-1, 1, 1)).abs() <= r)
+        x = x.masked_fill(box.unsqueeze(1), 0.0)
+    return x
+
+
+def library_versions() -> dict:
+    import diffusers
+    import sklearn
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def hardware(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(out: Path, unet, ema, opt, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    tmp, ck, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet_raw.safetensors")
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "unet_ema.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(old, ignore_errors=True)
+    if ck.exists():
+        ck.rename(old)
+    tmp.rename(ck)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(out: Path, unet, ema, opt) -> dict | None:
+    from safetensors.torch import load_file
+
+    for ck in (out / "checkpoint", out / "checkpoint.old"):
+        if (ck / "state.json").exists():
+            unet.load_state_dict(load_file(ck / "unet_raw.safetensors"))
+            ema.load_state_dict(load_file(ck / "unet_ema.safetensors"))
+            opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+            return json.loads((ck / "state.json").read_text())
+    return None
+
+
+# ----------------------------------------------------------------------------- training
+def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None = None,
+          max_steps_this_run: int | None = None) -> Path:
+    """Train (or resume) a target into ``out_dir``. ``max_steps_this_run`` stops early (for tests of
+    resume); the folder is a loadable target only once all ``cfg.steps`` are done."""
+    from tqdm.auto import tqdm
+
+    from .targets.base import resolve_device
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    cfg_file = out / "train_config.json"
+    cfg_dict = asdict(cfg)
+    if cfg_file.exists():
+        before = json.loads(cfg_file.read_text())
+        differ = {k for k in cfg_dict if k not in ("steps", "device", "threads", "checkpoint_every",
+                                                   "sample_grid", "sample_steps")
+                  and json.dumps(before.get(k)) != json.dumps(cfg_dict[k])}
+        if differ:
+            raise DiffmiaError(f"{out} holds a run with other settings ({sorted(differ)}); "
+                               "use another output folder or the same options")
+    cfg_file.write_text(json.dumps(cfg_dict, indent=1))
+
+    data = load_dataset(cfg.data, cfg.data_root)
+    if cfg.split:
+        split = MembershipSplit.load(cfg.split)
+    elif (out / "split.json").exists():
+        split = MembershipSplit.load(out / "split.json")
+    else:
+        split = MembershipSplit.random(data, cfg.n_members, cfg.n_nonmembers, seed=cfg.split_seed)
+    split.meta.setdefault("train_data", cfg.data)
+    split.save(out / "split.json")
+    members, _ = split.select(data)
+    members = data.subset(split.members)
+    x_all = to_model_input(members.images, cfg.image_size)
+
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, x_all.shape[1]).to(device)
+    ema = build_unet(cfg, x_all.shape[1]).to(device)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    sched = build_scheduler(cfg)
+    abar = sched.alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    state = _load_checkpoint(out, unet, ema, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
+    step0 = state["step"]
+    end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step0 + max_steps_this_run)
+    n_params = sum(p.numel() for p in unet.parameters())
+    unet.train()
+    t_start, window = time.perf_counter(), []
+    bar = tqdm(range(step0, end), initial=step0, total=cfg.steps, disable=not progress,
+               desc="train", dynamic_ncols=True)
+    for step in bar:
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0 = x_all[_batch_positions(step, cfg.batch_size, len(x_all), cfg.seed)]
+        x0 = augment(x0, cfg, g).to(device)
+        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=g).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        a = abar[t].float().view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise           # q(x_t | x_0)
+        loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)  # DDPM L_simple
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - cfg.ema_decay)
+        window.append(loss.item())
+        if len(window) == 10:
+            state["loss_curve"].append([step + 1, float(np.mean(window))])
+            bar.set_postfix(loss=f"{np.mean(window):.4f}")
+            window = []
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            state["step"] = step + 1
+            state["seconds"] += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            _save_checkpoint(out, unet, ema, opt, state)
+    bar.close()
+    if state["step"] < cfg.steps:
+        return out
+
+    unet.eval()
+    ema.eval()
+    ema.save_pretrained(out / "unet", safe_serialization=True)
+    unet.save_pretrained(out / "unet_raw", safe_serialization=True)
+    sched.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDPMPipeline", "_diffusers_version": library_versions()["diffusers"],
+         "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=1))
+    record = {
+        "config": cfg_dict, "command": command, "steps": state["step"],
+        "wall_seconds": round(state["seconds"], 1),
+        "seconds_per_step": round(state["seconds"] / max(1, state["step"]), 4),
+        "parameters": n_params, "n_members": len(split.members),
+        "final_loss": state["loss_curve"][-1][1] if state["loss_curve"] else None,
+        "loss_curve": state["loss_curve"], "hardware": hardware(device),
+        "versions": library_versions(), "git_commit": git_commit(),
+        "weights": {"unet": "EMA (decay %g)" % cfg.ema_decay, "unet_raw": "raw"},
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    if cfg.sample_grid:
+        save_sample_grid(ema, sched, out / "samples.png", cfg.sample_grid, cfg.sample_steps,
+                         device, seed=cfg.seed, progress=progress)
+    return out
+
+
+@torch.inference_mode()
+def sample(unet, scheduler, n: int, steps: int, device, seed: int = 0, progress: bool = False):
+    """Ancestral DDPM sampling (diffusers ``DDPMScheduler.step``); returns [-1, 1] images."""
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    sched = DDPMScheduler.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    x = torch.randn((n, cfg.in_channels, size, size), generator=g).to(device)
+    for t in tqdm(sched.timesteps, disable=not progress, desc="sample"):
+        eps = unet(x, t).sample
+        x = sched.step(eps, t, x, generator=g).prev_sample
+    return x.clamp(-1, 1)
+
+
+def save_sample_grid(unet, scheduler, path, n: int = 64, steps: int = 1000, device="cpu", seed=0,
+                     progress=False) -> None:
+    from torchvision.utils import save_image
+
+    x = sample(unet, scheduler, n, steps, device, seed, progress)
+    save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(n))), padding=2)

@@ -1,0 +1,62 @@
+"""Shared fixtures.
+
+* ``memorised_target``: a 164k-parameter UNet2DModel that memorised 32 Fashion-MNIST members; committed
+  under tests/fixtures/memorised, made by the command in its training.json (see tests/fixtures/README.md).
+* ``untrained_target``: the same architecture, randomly initialised (seeded): attacks must stay at chance.
+* ``eval_set``: the fixture split's 32 members and the first 32 of its non-members, real Fashion-MNIST.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MEMORISED = FIXTURES / "memorised"
+
+
+@pytest.fixture(scope="session")
+def memorised_dir() -> Path:
+    return MEMORISED
+
+
+@pytest.fixture(scope="session")
+def memorised_target():
+    from diffmia.targets import DiffusersTarget
+
+    return DiffusersTarget.from_pretrained(MEMORISED, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def untrained_target():
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffmia.targets import DiffusersTarget
+
+    torch.manual_seed(0)
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(MEMORISED / "unet"))
+    sched = DDPMScheduler.from_pretrained(MEMORISED / "scheduler")
+    return DiffusersTarget(unet, sched.alphas_cumprod, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    from diffmia.data import load_fashion_mnist
+
+    return load_fashion_mnist()
+
+
+@pytest.fixture(scope="session")
+def eval_set(fmnist):
+    """(images [-1,1] N x 1 x 32 x 32, is_member bool [N], ids [N]) with 32 members + 32 non-members."""
+    from diffmia.data import MembershipSplit, to_model_input
+
+    split = MembershipSplit.load(MEMORISED / "split.json").limit(None, 32)
+    data, is_member = split.select(fmnist)
+    return to_model_input(data.images), is_member, data.ids
+
+
+def reset_queries(target):
+    target.queries = 0
+    return target
