@@ -1,0 +1,217 @@
+"""``diffmia`` command line: train | attack | report | list | split | demo.
+
+A user mistake (missing file, unknown attack, bad option) prints one line ``diffmia: error: ...`` and
+exits with status 2; nothing already computed is lost (features are cached per chunk in the run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .errors import DiffmiaError
+
+DEMO_TARGET = Path(__file__).resolve().parent.parent / "targets" / "fmnist-ddpm"
+
+
+def _parse_value(s: str):
+    """'100' -> 100, '0.5' -> 0.5, '100,200' -> [100, 200], 'none' -> None, 'true' -> True."""
+    if "," in s:
+        return [_parse_value(x) for x in s.split(",") if x != ""]
+    low = s.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for typ in (int, float):
+        try:
+            return typ(s)
+        except ValueError:
+            pass
+    return s
+
+
+def parse_params(items: list[str]) -> dict[str, dict]:
+    """``--param pia.t=100,200`` -> {"pia": {"t": [100, 200]}}."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise DiffmiaError(f"--param {item!r}: expected ATTACK.NAME=VALUE, e.g. pia.t=100,200")
+        key, value = item.split("=", 1)
+        attack, name = key.split(".", 1)
+        v = _parse_value(value)
+        out.setdefault(attack, {})[name] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            p.add_argument(flag, default=",".join(map(str, default)), metavar="A,B,..",
+                           help=f"default {','.join(map(str, default))}")
+        else:
+            typ = type(default) if default is not None else (int if f.name in ("n_nonmembers", "threads") else str)
+            p.add_argument(flag, type=typ, default=default, help=f"default {default}")
+
+
+def cmd_train(a) -> int:
+    from .train import TrainConfig, train
+
+    d = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
+    try:
+        d["channels"] = tuple(int(c) for c in str(d["channels"]).split(","))
+    except ValueError:
+        raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
+    if d["steps"] < 1 or d["batch_size"] < 1 or d["n_members"] < 1:
+        raise DiffmiaError("--steps, --batch-size and --n-members must be positive")
+    cfg = TrainConfig.from_dict(d)
+    out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
+                max_steps_this_run=a.max_steps_this_run)
+    if (out / "training.json").exists():
+        rec = json.loads((out / "training.json").read_text())
+        print(f"target written to {out}: {rec['steps']} steps, {rec['parameters']} parameters, "
+              f"{rec['seconds_per_step']} s/step, final loss {rec['final_loss']:.4f}")
+    else:
+        print(f"checkpoint saved in {out}; run the same command again to continue")
+    return 0
+
+
+def cmd_attack(a) -> int:
+    from .report import console_table
+    from .run import RunConfig, run_attacks
+
+    cfg = RunConfig(target=a.target, out=a.out, attacks=[s for s in a.attacks.split(",") if s],
+                    params=parse_params(a.param), data=a.data, data_root=a.data_root, split=a.split,
+                    n_members=a.n_members, n_nonmembers=a.n_nonmembers, weights=a.weights, device=a.device,
+                    batch_size=a.batch_size, chunk_size=a.chunk_size, workers=a.workers,
+                    calibration_fraction=a.calibration_fraction, seed=a.seed, n_boot=a.n_boot,
+                    blind=not a.no_blind, progress=not a.quiet)
+    report = run_attacks(cfg, command="diffmia " + shlex.join(sys.argv[1:]))
+    print(console_table(report))
+    for w in report.get("warnings", []):
+        print("WARNING:", w)
+    print(f"\nrun folder: {a.out} (metrics.json, report.md, scores/)")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import console_table
+    from .run import rerun_report
+
+    if not (Path(a.run) / "run.json").exists():
+        raise DiffmiaError(f"{a.run}: not a run folder (run.json missing)")
+    print(console_table(rerun_report(a.run, n_boot=a.n_boot)))
+    return 0
+
+
+def cmd_list(a) -> int:
+    from .attacks import ATTACKS
+
+    for name, cls in ATTACKS.items():
+        params = cls().get_params()
+        print(f"{name:18s} {cls.threat_model:10s} {cls.paper}")
+        print(" " * 19 + ", ".join(f"{k}={v}" for k, v in params.items()))
+    return 0
+
+
+def cmd_split(a) -> int:
+    from .data import MembershipSplit, load_dataset
+
+    data = load_dataset(a.data, a.data_root)
+    split = MembershipSplit.random(data, a.n_members, a.n_nonmembers, seed=a.seed)
+    split.save(a.out)
+    print(f"{a.out}: {len(split.members)} members, {len(split.nonmembers)} non-members of {data.name}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, target=a.target, quick=a.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffmia", description="Membership-inference audits of diffusion models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a DDPM target on the members of a split")
+    t.add_argument("--out", required=True, help="output folder (a target); rerun to resume")
+    t.add_argument("--max-steps-this-run", type=int, default=None, help="stop after this many steps (resume later)")
+    t.add_argument("--quiet", action="store_true")
+    _add_train_args(t)
+    t.set_defaults(fn=cmd_train)
+
+    at = sub.add_parser("attack", help="score a split's samples with attacks and evaluate them")
+    at.add_argument("--target", required=True, help="target folder (unet/, scheduler/, split.json)")
+    at.add_argument("--attacks", default="loss", help="comma-separated attack names (see 'diffmia list')")
+    at.add_argument("--param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                    help="attack parameter, e.g. pia.t=100,200 (repeatable)")
+    at.add_argument("--out", required=True, help="run folder (rerun to resume)")
+    at.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:test], an image folder or an .npz")
+    at.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST IDX files")
+    at.add_argument("--split", default=None, help="split file (.json or SecMI .npz); default <target>/split.json")
+    at.add_argument("--n-members", type=int, default=None, help="use the first N members of the split")
+    at.add_argument("--n-nonmembers", type=int, default=None, help="use the first N non-members of the split")
+    at.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    at.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    at.add_argument("--batch-size", type=int, default=256)
+    at.add_argument("--chunk-size", type=int, default=256, help="samples per cached chunk")
+    at.add_argument("--workers", type=int, default=1, help="scoring processes")
+    at.add_argument("--calibration-fraction", type=float, default=0.5)
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
+    at.add_argument("--no-blind", action="store_true", help="do not add the blind baseline")
+    at.add_argument("--quiet", action="store_true")
+    at.set_defaults(fn=cmd_attack)
+
+    r = sub.add_parser("report", help="recompute metrics and report of a run folder from its saved scores")
+    r.add_argument("run")
+    r.add_argument("--n-boot", type=int, default=1000)
+    r.set_defaults(fn=cmd_report)
+
+    ls = sub.add_parser("list", help="list attacks and their parameters")
+    ls.set_defaults(fn=cmd_list)
+
+    sp = sub.add_parser("split", help="draw a seeded membership split of a data set")
+    sp.add_argument("--data", default="fashion-mnist")
+    sp.add_argument("--data-root", default=None)
+    sp.add_argument("--n-members", type=int, required=True)
+    sp.add_argument("--n-nonmembers", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, help="split file (.json, or .npz for the SecMI/PIA format)")
+    sp.set_defaults(fn=cmd_split)
+
+    d = sub.add_parser("demo", help="the main job: every attack on the shipped reference target")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--target", default=str(DEMO_TARGET))
+    d.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.fn(a)
+    except DiffmiaError as e:
+        print(f"diffmia: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffmia: interrupted; finished chunks and checkpoints are kept, rerun to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Report of a run: ``report.md`` (table first), ROC figures (linear and log-log), sweeps, warnings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .metrics import fmt
+
+
+def _ci(r: dict, key: str) -> str:
+    ci = r.get(key + "_ci")
+    return f" [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]" if ci and ci[0] is not None else ""
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for name, r in report["attacks"].items():
+        cal = r.get("calibrated", {})
+        rows.append([
+            name, r.get("threat_model", ""), r.get("variant", ""),
+            fmt(r["auc"]) + _ci(r, "auc"),
+            fmt(r["tpr_at_1pct_fpr"]) + _ci(r, "tpr_at_1pct_fpr"),
+            fmt(r["tpr_at_0.1pct_fpr"]),
+            fmt(r["asr_oracle"]), fmt(cal.get("balanced_accuracy")),
+            str(r.get("queries_per_sample", "")), fmt(r.get("seconds"), 1),
+            fmt(r.get("images_per_second"), 1),
+        ])
+    return rows
+
+
+HEADER = ["attack", "access", "variant (chosen on calibration)", "AUC [95% CI]", "TPR@1%FPR [95% CI]",
+          "TPR@0.1%FPR", "ASR (oracle)", "calibrated acc.", "queries/sample", "seconds", "img/s"]
+
+
+def markdown_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def console_table(report: dict) -> str:
+    head = ["attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "ASR(oracle)", "q/sample", "seconds"]
+    rows = [[n, fmt(r["auc"]), fmt(r["tpr_at_1pct_fpr"]), fmt(r["tpr_at_0.1pct_fpr"]), fmt(r["asr_oracle"]),
+             str(r.get("queries_per_sample", "")), fmt(r.get("seconds"), 1)] for n, r in report["attacks"].items()]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def plot_rocs(report: dict, all_scores: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for log in (False, True):
+        fig, ax = plt.subplots(figsize=(5.2, 5))
+        for name, sc in all_scores.items():
+            r = report["attacks"][name]
+            test = ~sc.calibration
+            s = sc.variants[r["variant"]][test]
+            fpr, tpr, _ = metrics.roc(sc.is_member[test], s)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {r['auc']:.3f})", lw=1.4)
+        n_neg = int((~next(iter(all_scores.values())).is_member[~next(iter(all_scores.values())).calibration]).sum())
+        if log:
+            lo = 1.0 / max(n_neg, 1)
+            grid = np.logspace(np.log10(lo), 0, 100)
+            ax.plot(grid, grid, "k:", lw=0.8, label="chance")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(lo, 1)
+            ax.set_ylim(lo, 1.02)
+            ax.axvline(0.01, color="grey", lw=0.5)
+        else:
+            ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
+        ax.set_xlabel("false positive rate (test half)")
+        ax.set_ylabel("true positive rate (test half)")
+        ax.set_title("ROC" + (", log-log" if log else ""))
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        fn = "roc_loglog.png" if log else "roc.png"
+        fig.savefig(folder / fn, dpi=120)
+        plt.close(fig)
+        files.append(fn)
+    return files
+
+
+def interpretation(report: dict) -> str:
+    res = {k: v for k, v in report["attacks"].items() if k != "blind"}
+    if not res:
+        return ""
+    best = max(res, key=lambda k: res[k]["auc"])
+    r = res[best]
+    auc_lo = (r.get("auc_ci") or (None,))[0]
+    tpr = r["tpr_at_1pct_fpr"]
+    if auc_lo is not None and auc_lo > 0.5:
+        verdict = "leaks membership"
+    else:
+        verdict = "shows no membership leak that this test can distinguish from chance"
+    text = (f"On the held-out test half ({r['n_members']} members, {r['n_nonmembers']} non-members), the target "
+            f"{verdict}: the strongest attack, **{best}** ({r['threat_model']}), reaches AUC {r['auc']:.3f}")
+    if auc_lo is not None:
+        text += f" (95% CI {r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f})"
+    if tpr is not None:
+        text += (f" and identifies {100 * tpr:.1f}% of members at a 1% false-positive rate, i.e. "
+                 f"{'far more than' if tpr > 0.05 else 'about as many as'} the 1% an uninformed guess would flag")
+    else:
+        text += "; TPR at 1% FPR is not resolvable with this few non-members"
+    text += ". Thresholds and variants were chosen on the calibration half only; ASR is an oracle number."
+    if "blind" in report["attacks"]:
+        b = report["attacks"]["blind"]
+        text += (f" The blind baseline, which never queries the model, scores AUC {b['auc']:.3f}; attack AUCs "
+                 "should be read against it rather than against 0.5.")
+    return text
+
+
+def write_report(folder, report: dict, all_scores: dict, target_folder: str | None = None) -> Path:
+    folder = Path(folder)
+    figs = plot_rocs(report, all_scores, folder)
+    md = ["# Membership-inference audit", "",
+          f"Target `{report.get('target')}` ({report.get('weights')} weights), data `{report.get('data')}`, "
+          f"split `{report.get('split')}`: {report['n_members']} members and {report['n_nonmembers']} non-members, "
+          f"split {report.get('calibration_fraction')} calibration / rest test (seed {report.get('seed')}). "
+          "Numbers are on the test half; 95% CIs by seeded bootstrap; n/r = not resolvable "
+          "(fewer than 1/alpha test non-members).", "",
+          markdown_table(HEADER, table_rows(report)), "", interpretation(report), ""]
+    for w in report.get("warnings", []):
+        md.append(f"> **Warning:** {w}\n")
+    if "shift" in report:
+        md.append(f"Shift diagnostic (member vs non-member pixel distributions): `{report['shift']}`\n")
+    md += ["## ROC (test half)", "", f"![ROC]({figs[0]}) ![ROC log-log]({figs[1]})", ""]
+    if target_folder and (Path(target_folder) / "samples.png").exists():
+        shutil.copy(Path(target_folder) / "samples.png", folder / "target_samples.png")
+        md += ["## Samples from the target", "", "![samples](target_samples.png)", ""]
+    md += ["## Calibrated decisions (threshold from the calibration half, applied to the test half)", "",
+           "| attack | threshold rule | balanced acc. | TPR [95% CI] | FPR [95% CI] |", "|---|---|---|---|---|"]
+    for name, r in report["attacks"].items():
+        for rule, key in (("best balanced accuracy", "calibrated"), ("FPR <= 1% on calibration", "calibrated_at_1pct_fpr")):
+            c = r.get(key)
+            if c:
+                md.append(f"| {name} | {rule} | {fmt(c['balanced_accuracy'])} | {fmt(c['tpr'])} "
+                          f"[{fmt(c['tpr_ci'][0], 2)}, {fmt(c['tpr_ci'][1], 2)}] | {fmt(c['fpr'])} "
+                          f"[{fmt(c['fpr_ci'][0], 2)}, {fmt(c['fpr_ci'][1], 2)}] |")
+    md.append("")
+    for name, r in report["attacks"].items():
+        if "sweep" in r:
+            md += [f"## Sweep: {name} (oracle selection: every variant on all samples)", "",
+                   "| variant | AUC | TPR@1%FPR | calibration AUC |", "|---|---|---|---|"]
+            for k, v in r["sweep"].items():
+                md.append(f"| {k} | {fmt(v['auc'])} | {fmt(v['tpr_at_1pct_fpr'])} | {fmt(v['calibration_auc'])} |")
+            md.append("")
+    md += ["## Cost", "", "| attack | queries/sample (declared) | measured | seconds | img/s | forward s | overhead |",
+           "|---|---|---|---|---|---|---|"]
+    for name, r in report["attacks"].items():
+        md.append(f"| {name} | {r.get('queries_per_sample')} | {fmt(r.get('measured_queries_per_sample'), 2)} | "
+                  f"{fmt(r.get('seconds'), 2)} | {fmt(r.get('images_per_second'), 1)} | "
+                  f"{fmt(r.get('forward_seconds'), 2)} | {fmt(r.get('overhead_ratio'), 2)} |")
+    (folder / "report.md").write_text("\n".join(md) + "\n")
+    return folder / "report.md"

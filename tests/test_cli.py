@@ -1,0 +1,76 @@
+"""The command line end to end (train -> attack -> metrics -> report) and its one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from diffmia.cli import main, parse_params
+from diffmia.errors import DiffmiaError
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "diffmia", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_attack_then_report(tmp_path, capsys):
+    tgt, run = tmp_path / "target", tmp_path / "run"
+    assert main(["train", "--out", str(tgt), "--steps", "30", "--n-members", "16", "--n-nonmembers", "120",
+                 "--channels", "8,16", "--norm-num-groups", "4", "--batch-size", "8", "--sample-grid", "4",
+                 "--sample-steps", "4", "--device", "cpu", "--quiet"]) == 0
+    assert (tgt / "training.json").exists()
+    assert main(["attack", "--target", str(tgt), "--attacks", "loss", "--param", "loss.timesteps=50,200",
+                 "--out", str(run), "--device", "cpu", "--n-boot", "50", "--chunk-size", "40", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    r = m["attacks"]["loss"]
+    for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "asr_oracle", "queries_per_sample", "seconds",
+                "n_members", "n_nonmembers"):
+        assert key in r, key
+    assert r["n_members"] == 8 and r["n_nonmembers"] == 60 and r["measured_queries_per_sample"] == 2
+    assert r["tpr_at_1pct_fpr"] is None                       # 60 test non-members: not resolvable
+    assert set(r["sweep"]) == {"loss", "loss[t=50]", "loss[t=200]"}
+    assert (run / "report.md").read_text().startswith("# Membership-inference audit")
+    assert (run / "roc.png").exists() and (run / "roc_loglog.png").exists()
+    lines = (run / "scores" / "loss.csv").read_text().splitlines()
+    assert lines[0].startswith("id,is_member,calibration,loss") and len(lines) == 137
+    # resume: a second run reuses every cached chunk and gives the same scores
+    before = (run / "scores" / "loss.csv").read_text()
+    chunks = sorted((run / "features").rglob("chunk_*.npz"))
+    mtimes = [c.stat().st_mtime_ns for c in chunks]
+    assert main(["attack", "--target", str(tgt), "--attacks", "loss", "--param", "loss.timesteps=50,200",
+                 "--out", str(run), "--device", "cpu", "--n-boot", "50", "--chunk-size", "40", "--quiet"]) == 0
+    assert [c.stat().st_mtime_ns for c in chunks] == mtimes
+    assert (run / "scores" / "loss.csv").read_text() == before
+    assert main(["report", str(run), "--n-boot", "50"]) == 0
+    assert "loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["attack", "--target", "/nonexistent", "--out", "/tmp/x"], "target folder not found"),
+    (["attack", "--target", "tests/fixtures/memorised", "--attacks", "nope", "--out", "/tmp/x"], "unknown attack 'nope'"),
+    (["attack", "--target", "tests/fixtures/memorised", "--param", "loss.bogus=1", "--out", "/tmp/x"], "no parameter"),
+    (["attack", "--target", "tests/fixtures/memorised", "--split", "/missing.json", "--out", "/tmp/x"], "split file not found"),
+    (["train", "--out", "/tmp/x", "--channels", "a,b"], "--channels must be integers"),
+    (["report", "/nonexistent"], "not a run folder"),
+])
+def test_user_mistakes_get_one_line(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("diffmia: error:") and message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_param_parsing():
+    assert parse_params(["pia.t=100,200", "loss.seed=3", "secmi.x=none"]) == {
+        "pia": {"t": (100, 200)}, "loss": {"seed": 3}, "secmi": {"x": None}}
+    with pytest.raises(DiffmiaError, match="ATTACK.NAME=VALUE"):
+        parse_params(["t=100"])
+
+
+def test_list_and_help():
+    r = run_cli("list")
+    assert r.returncode == 0 and "loss" in r.stdout and "timesteps=[200]" in r.stdout
+    for sub in ("train", "attack", "report", "list", "split", "demo"):
+        h = run_cli(sub, "--help")
+        assert h.returncode == 0 and "usage: diffmia" in h.stdout
