@@ -54,11 +54,17 @@ def test_train_then_attack_then_report(tmp_path, capsys):
     (["train", "--out", "/tmp/x", "--channels", "a,b"], "--channels must be integers"),
     (["report", "/nonexistent"], "not a run folder"),
 ])
-def test_user_mistakes_get_one_line(args, message):
-    r = run_cli(*args)
-    assert r.returncode == 2
-    assert r.stderr.strip().startswith("diffmia: error:") and message in r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_user_mistakes_get_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("diffmia: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_real_process_prints_no_traceback():
+    r = run_cli("attack", "--target", "/nonexistent", "--out", "/tmp/x")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "diffmia: error: /nonexistent: target folder not found"
 
 
 def test_param_parsing():
@@ -68,9 +74,11 @@ def test_param_parsing():
         parse_params(["t=100"])
 
 
-def test_list_and_help():
-    r = run_cli("list")
-    assert r.returncode == 0 and "loss" in r.stdout and "timesteps=[200]" in r.stdout
+def test_list_and_help(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "loss" in out and "timesteps=[200]" in out
     for sub in ("train", "attack", "report", "list", "split", "demo"):
-        h = run_cli(sub, "--help")
-        assert h.returncode == 0 and "usage: diffmia" in h.stdout
+        with pytest.raises(SystemExit) as e:
+            main([sub, "--help"])
+        assert e.value.code == 0 and "usage: diffmia" in capsys.readouterr().out
