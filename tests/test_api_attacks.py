@@ -197,12 +197,21 @@ def test_observers_fit_on_calibration_half(api, untrained_api, eval_set):
         assert next(iter(s)) == "complete/all/logreg"
         assert len(s) == 3 * 5 * 5 and all(((v >= 0) & (v <= 1)).all() for v in s.values())
         res[label] = {k: auc(is_member[test], v) for k, v in s.items()}
+        if label == "memorised":                  # same seeds -> the same features, whatever the batch
+            again = att.features(a, images[:4], seeds=ids[:4])
+            for k in ("complete_psnr", "complete_feature", "progressive_dssim"):
+                np.testing.assert_allclose(again[k], f[k][:4], rtol=1e-5, atol=1e-6)
     m, u = res["memorised"], res["untrained"]
-    print("observers memorised", {k: round(v, 3) for k, v in list(m.items())[:8]})
-    print("observers untrained", {k: round(v, 3) for k, v in list(u.items())[:8]})
-    assert m["complete/all/logreg"] >= 0.75
+    show = ("complete/all/logreg", "complete/rmse/logreg", "complete/all/svm", "progressive/all/logreg",
+            "oneshot/all/logreg")
+    print("observers memorised", {k: round(m[k], 3) for k in show}, "mean", round(np.mean(list(m.values())), 3))
+    print("observers untrained", {k: round(u[k], 3) for k in show}, "mean", round(np.mean(list(u.values())), 3))
+    # 16 + 16 test rows: under no signal an AUC has a standard deviation of about 0.1
+    assert m["complete/all/logreg"] >= 0.75       # measured 0.945
     assert m["complete/rmse/logreg"] >= 0.8
+    assert np.mean(list(m.values())) >= 0.65      # over all 75 (observer, distances, classifier) variants
     assert abs(u["complete/all/logreg"] - 0.5) <= 0.25
+    assert abs(np.mean(list(u.values())) - 0.5) <= 0.1
 
 
 def test_box_blur_option_changes_features(api, eval_set):
@@ -361,7 +370,7 @@ def test_bad_inputs_give_clear_errors(api, eval_set):
     with pytest.raises(DiffmiaError, match="N x C x H x W"):
         ForensicsGrayBox().features(api, torch.zeros(1, 32, 32))
     with pytest.raises(DiffmiaError, match="lacks"):
-        ForensicsGrayBox().features(CallableAPI(generate_fn=lambda n, s: None) if False else object(), x)
+        ForensicsGrayBox().features(object(), x)
     with pytest.raises(DiffmiaError, match="distances must be"):
         Observers(distances=("psnr", "lpips")).features(api, x)
     with pytest.raises(DiffmiaError, match="at least 2 members"):

@@ -30,9 +30,12 @@ class ForensicsGrayBox(Attack):
     keeps tau <= t_trunc (the paper's technique), value truncation drops each sample's m largest
     losses; score = -statistic (a member is reconstructed better, so a higher score = member).
 
-    Arguments: ``t_start`` (default 500, "strength" 0.5), ``num_steps`` (default 21: every 25 steps),
+    Arguments: ``t_start`` (default 300, "strength" 0.3), ``num_steps`` (default 11: every 30 steps),
     ``time_truncations``, ``value_truncations``, ``statistics`` (as the white-box attack), ``t_trunc``
-    (the primary truncation, 300 as the white-box default), ``seed``.
+    (the primary truncation, 300 as the white-box default), ``seed``. The paper gives no start step; the
+    default starts the reverse process at the truncation point t_trunc = 300, since steps above it would
+    be truncated away anyway (on the memorised test fixture: AUC 0.87 from 300, 0.68 from 500 with the
+    same truncation, because a trajectory started higher has forgotten more of the query).
 
     Scores: keys ``time<={t}/{stat}``, ``all/{stat}``, ``value-drop{m}/{stat}``; the first (primary)
     is ``time<=300/mean``. Queries per sample: **1 API call** (one image submitted to ``transform``),
@@ -45,7 +48,7 @@ class ForensicsGrayBox(Attack):
     threat_model = "gray-box"
     access = "api"
 
-    def __init__(self, t_start: int = 500, num_steps: int = 21, time_truncations=(None, 100, 200, 300),
+    def __init__(self, t_start: int = 300, num_steps: int = 11, time_truncations=(None, 100, 200, 300),
                  value_truncations=(1, 3, 5), statistics=tuple(STATISTICS), t_trunc=300, seed: int = 0):
         self.t_start = t_start
         self.num_steps = num_steps

@@ -133,7 +133,8 @@ class Observers(Attack):
     distance alone. Score = P(member) from ``predict_proba``; variants are named
     ``{observer}/{distances}/{classifier}``, the first (primary) is ``complete/all/logreg``.
 
-    Arguments: ``t_start`` (default 500), ``num_steps`` (default 10 observed steps), ``observers``,
+    Arguments: ``t_start`` (default 300, img2img "strength" 0.3; the paper does not fix one for pixel
+    models, this is the gray-box default), ``num_steps`` (default 10 observed steps), ``observers``,
     ``distances``, ``classifiers``, ``blur`` (False), ``feature_seed`` (seed of the feature network),
     ``seed``. Queries per sample: 1 API call (``num_steps`` network evaluations on the service's side).
     """
@@ -144,7 +145,7 @@ class Observers(Attack):
     access = "api"
     learned = True
 
-    def __init__(self, t_start: int = 500, num_steps: int = 10, observers=OBSERVERS, distances=DISTANCES,
+    def __init__(self, t_start: int = 300, num_steps: int = 10, observers=OBSERVERS, distances=DISTANCES,
                  classifiers=CLASSIFIERS, blur: bool = False, feature_seed: int = 0, seed: int = 0):
         self.t_start = t_start
         self.num_steps = num_steps
