@@ -131,6 +131,9 @@ class GANLeaks(_GeneratedSetAttack):
     that calibrated score is then the primary one. ``reference_weights``/``reference_device`` load a
     reference folder.
 
+    The set is kept in memory between ``features`` calls (the runner scores chunk by chunk) and on disk
+    only for APIs with a fingerprint (``identity()``); an API without one is asked again for every call.
+
     Scores: ``ganleaks`` (= -d_target), and with a reference ``ganleaks_calibrated`` first.
     Queries per sample: 0 (``n_generated`` generations in all, twice with a reference).
     """
