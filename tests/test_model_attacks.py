@@ -193,7 +193,7 @@ def test_secmi_nns_maps_fit_and_determinism():
     maps = (np.abs(rng.normal(size=(40, 2, 8, 8))) * np.where(y, 0.2, 1.0)[:, None, None, None]).astype(np.float32)
     runs = []
     for _ in range(2):
-        att = SecMINNs(epochs=8, batch_size=8, progress=False).fit({"map": maps[:20]}, y[:20])
+        att = SecMINNs(epochs=8, batch_size=8, device="cpu", progress=False).fit({"map": maps[:20]}, y[:20])
         assert att.fitted_ and 1 <= att.best_epoch_ <= 8 and len(att.history_) == 8
         runs.append(att.scores({"map": maps[20:]})["secmi_nns"])
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -384,7 +384,7 @@ def test_secmi_nns_on_fixture(fixture_features, eval_set):
     for tname in ("memorised", "untrained"):
         feats, q = fixture_features[tname, "secmi_nns"]
         assert q == 11
-        att = SecMINNs(epochs=8, progress=False).fit({"map": feats["map"][first]}, is_member[first])
+        att = SecMINNs(epochs=8, device="cpu", progress=False).fit({"map": feats["map"][first]}, is_member[first])
         s = att.scores({"map": feats["map"][~first]})["secmi_nns"]
         aucs[tname] = auc(is_member[~first], s)
     assert aucs["memorised"] >= 0.65, aucs

@@ -1,4 +1,4 @@
-"""Data Forensics in Diffusion Models (Dubinski-style loss trajectories; arXiv 2302.07801). SPEC 3.2-3.3.
+"""Data Forensics in Diffusion Models (Zhu, Chen, Grossklags & Fritz; arXiv 2302.07801). SPEC 3.2-3.3.
 
 Shared by the white-box attack (here) and the gray-box attack (``forensics_api.py``): a per-sample loss
 trajectory over a timestep grid, **truncated** and reduced by a **statistic**; score = -statistic.
@@ -59,7 +59,7 @@ KINDS = ("eps", "x0", "vlb")
 
 
 class ForensicsWhiteBox(Attack):
-    """Data Forensics white-box attack: truncated loss trajectories (arXiv 2302.07801; SPEC 3.2).
+    """Data Forensics white-box attack (Zhu et al. 2023, arXiv 2302.07801; SPEC 3.2): loss trajectories.
 
     Threat model: white-box (eps_theta is queried directly; the attacker reads per-step losses).
 
@@ -88,7 +88,8 @@ class ForensicsWhiteBox(Attack):
     """
 
     name = "forensics"
-    paper = "Hu & Pang 2023, Data Forensics in Diffusion Models (arXiv 2302.07801), white-box"
+    paper = ("Zhu et al. 2023, Data Forensics in Diffusion Models: A Systematic Analysis of Membership Privacy "
+             "(arXiv 2302.07801), white-box")
     threat_model = "white-box"
 
     def __init__(self, kinds=KINDS, grid_stride: int = 50, timesteps=None,

@@ -37,7 +37,8 @@ class PIA(Attack):
     """
 
     name = "pia"
-    paper = "Kong et al. 2023, An Efficient Membership Inference Attack for the Diffusion Model by Proximal Initialization"
+    paper = ("Kong et al. 2023, An Efficient Membership Inference Attack for the Diffusion Model by Proximal "
+             "Initialization")
     threat_model = "white-box"
     normalize = False
 

@@ -151,8 +151,10 @@ class SecMINNs(Attack):
     runner passes calibration rows only): SGD ``lr`` 1e-3, momentum 0.9, weight decay 5e-4, batch 128,
     ``epochs`` 15 (the paper's settings). A seeded, stratified ``val_frac`` (20%) of those rows is held
     out; the epoch with the best validation AUC (ties: lower validation loss) is kept. Inputs are
-    divided by one scale learned on the training rows (their RMS). Deterministic for a given ``seed``
-    on CPU. Score = the model's logit (higher = member).
+    divided by one scale learned on the training rows (their RMS). ``device``: where the attack model
+    trains ('auto': a CUDA GPU when there is one). Deterministic for a given ``seed`` on CPU. A CPU fit
+    on ~500 maps of 1x32x32 takes a few minutes (see the project report). Score = the model's logit
+    (higher = member).
     """
 
     name = "secmi_nns"
@@ -162,7 +164,7 @@ class SecMINNs(Attack):
 
     def __init__(self, t_sec: int = 100, k: int = 10, epochs: int = 15, lr: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 128,
-                 val_frac: float = 0.2, seed: int = 0, device: str = "cpu", progress: bool = True):
+                 val_frac: float = 0.2, seed: int = 0, device: str = "auto", progress: bool = True):
         self.t_sec = t_sec
         self.k = k
         self.epochs = epochs
