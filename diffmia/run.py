@@ -49,6 +49,7 @@ class RunConfig:
     calibration_fraction: float = 0.5
     seed: int = 0
     n_boot: int = 1000
+    crossfit_folds: int = 2           # learned attacks: out-of-fold scores on the calibration half
     blind: bool = True                # add the blind baseline to every run
     progress: bool = True
 
@@ -198,9 +199,7 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
         feats, cost = compute_features(attack, cfg, images, ids, out / "features" / f"{name}-{key}",
                                        targets.get(attack.access))
         t0 = time.perf_counter()
-        if attack.learned:
-            attack.fit({k: v[calib] for k, v in feats.items()}, is_member[calib])
-        variants = attack.scores(feats)
+        variants = fit_and_score(attack, feats, is_member, calib, cfg) if attack.learned else attack.scores(feats)
         cost["seconds"] += time.perf_counter() - t0
         sc = Scores(name, ids, is_member, calib, variants, attack.get_params())
         sc.save(out / "scores")
@@ -217,6 +216,33 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
 
     write_report(out, report, all_scores, target_folder=cfg.target)
     return report
+
+
+def fit_and_score(attack, feats: dict, is_member: np.ndarray, calib: np.ndarray, cfg: RunConfig) -> dict:
+    """Scores of a learned attack that never score a row the model was trained on.
+
+    Test rows: the attack fitted on all calibration rows. Calibration rows: cross-fitted
+    (``cfg.crossfit_folds`` stratified folds: fit on the other folds, score the held-out one), so that
+    choosing a variant or a threshold on calibration scores is not fooled by in-sample fit (an unpruned
+    decision tree is perfect on its own training rows).
+    """
+    rows = lambda m: {k: v[m] for k, v in feats.items()}  # noqa: E731
+    attack.fit(rows(calib), is_member[calib])
+    full = attack.scores(feats)
+    out = {k: np.array(v, dtype=np.float64, copy=True) for k, v in full.items()}
+    rng = np.random.default_rng(cfg.seed + 1)
+    fold = np.full(len(is_member), -1)
+    for grp in (np.flatnonzero(calib & is_member), np.flatnonzero(calib & ~is_member)):
+        fold[rng.permutation(grp)] = np.arange(len(grp)) % cfg.crossfit_folds
+    for f in range(cfg.crossfit_folds):
+        train_rows, held = calib & (fold != f), fold == f
+        if not held.any() or is_member[train_rows].all() or not is_member[train_rows].any():
+            raise DiffmiaError(f"{attack.name}: too few calibration samples for {cfg.crossfit_folds}-fold cross-fitting")
+        clone = type(attack)(**attack.get_params()).fit(rows(train_rows), is_member[train_rows])
+        part = clone.scores(rows(held))
+        for k in out:
+            out[k][held] = part[k]
+    return out
 
 
 def describe(attack, sc: Scores, cost: dict, cfg: RunConfig) -> dict:

@@ -1,6 +1,6 @@
 """Data Forensics, gray-box: loss estimated from the intermediate outputs of a generation API.
 
-Paper: Hu & Pang, "Membership Inference of Diffusion Models" / "Data Forensics in Diffusion Models: A
+Paper: "Data Forensics in Diffusion Models: A
 Systematic Analysis of Membership Privacy" (arXiv 2302.07801), gray-box attack. SPEC 3.3.
 """
 
@@ -44,7 +44,7 @@ class ForensicsGrayBox(Attack):
     """
 
     name = "forensics_graybox"
-    paper = "Hu & Pang 2023, Data Forensics in Diffusion Models (arXiv 2302.07801), gray-box"
+    paper = "Zhu et al. 2023, Data Forensics in Diffusion Models (arXiv 2302.07801), gray-box"
     threat_model = "gray-box"
     access = "api"
 

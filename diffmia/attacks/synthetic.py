@@ -119,7 +119,7 @@ class GANLeaks(_GeneratedSetAttack):
 
     Papers: Chen et al., "GAN-Leaks: A Taxonomy of Membership Inference Attacks against Generative
     Models" (CCS 2020), black-box, calibrated variant; used on diffusion models as the black-box attack
-    of Hu & Pang (arXiv 2302.07801) and as a baseline in SecMI.
+    of Data Forensics in Diffusion Models (arXiv 2302.07801) and as a baseline in SecMI.
 
     Threat model: black-box; only ``generate`` of a :class:`~diffmia.targets.api.GenerationAPI` is used.
     The attack draws ``n_generated`` images (seeded, cached on disk in ``cache_dir``; None = the user
@@ -139,7 +139,7 @@ class GANLeaks(_GeneratedSetAttack):
     """
 
     name = "ganleaks"
-    paper = "Chen et al. 2020 (GAN-Leaks); Hu & Pang 2023 (arXiv 2302.07801), black-box"
+    paper = "Chen et al. 2020 (GAN-Leaks); Data Forensics in Diffusion Models, Zhu et al. 2023 (arXiv 2302.07801), black-box"
 
     def __init__(self, n_generated: int = 1000, seed: int = 0, reference=None, reference_weights: str = "ema",
                  reference_device: str = "auto", cache_dir=None):
