@@ -30,7 +30,7 @@ data:
 	fi
 
 test: install data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 demo: install data
 	$(VENV)/bin/diffmia demo --out runs/demo

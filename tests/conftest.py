@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+# One torch thread per test process: the models here are tiny, so threads mostly wait at barriers, and
+# `make test` runs two pytest-xdist workers on the 2 cores instead.
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 MEMORISED = FIXTURES / "memorised"
 

@@ -29,15 +29,6 @@ OBS = dict(t_start=300, num_steps=6)            # every 60 steps
 N_GEN, GEN_STEPS = 64, 10                       # generated set of the black-box attacks (DDIM)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches on a busy 2-core machine run ~10x faster on one thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def api(memorised_dir):
     return DiffusersAPI.from_pretrained(memorised_dir, device="cpu", generate_sampler="ddim",

@@ -24,15 +24,6 @@ from diffmia.targets import NoisePredictor
 T = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches on a busy 2-core machine run several times faster on one thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ddpm_abar(T: int = T) -> torch.Tensor:
     """The linear DDPM schedule as diffusers computes it (float32 betas)."""
     from diffusers import DDPMScheduler

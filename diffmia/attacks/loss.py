@@ -19,6 +19,15 @@ from .base import Attack, check_images, check_timesteps, default_seeds
 
 
 class LossAttack(Attack):
+    """Loss attack (SPEC 3.1). Threat model: white-box query access to eps_theta.
+
+    Arguments: ``timesteps`` (default (200,)): the set S; ``seed``: the noise seed (noise is drawn per
+    sample id, so a sample gets the same noise in any batch). Score = -mean_{t in S} ||eps - eps_theta(x_t, t)||^2
+    (higher = member). Queries per sample: |S|.
+
+    >>> LossAttack(timesteps=(100, 200)).score(target, images)   # doctest: +SKIP
+    """
+
     name = "loss"
     paper = "Matsumoto et al. 2023; Hu & Pang 2023 (naive loss attack)"
     threat_model = "white-box"
