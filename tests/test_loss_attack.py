@@ -29,7 +29,9 @@ def test_deterministic_batch_independent_and_counts_queries(memorised_target, ev
     f = atk.features(memorised_target, x, seeds=ids)
     assert memorised_target.queries == 2 * len(x) == atk.queries_per_sample() * len(x)
     again = atk.features(memorised_target, x[5:9], seeds=ids[5:9])
-    assert np.array_equal(f["l_50"][5:9], again["l_50"])
+    # the same noise per sample id in any batch; conv kernels may round differently per batch size
+    assert np.allclose(f["l_50"][5:9], again["l_50"], rtol=1e-4)
+    assert np.array_equal(f["l_50"], atk.features(memorised_target, x, seeds=ids)["l_50"])
     v = atk.scores(f)
     assert list(v) == ["loss", "loss[t=50]", "loss[t=200]"]
     assert np.allclose(v["loss"], -(f["l_50"] + f["l_200"]) / 2)
