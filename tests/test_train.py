@@ -61,3 +61,18 @@ def test_kill_9_then_rerun_continues(tmp_path):
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "training.json").read_text())
     assert rec["steps"] == 150 and rec["loss_curve"][0][0] == 10
+
+
+def test_augmentations_are_seeded_and_do_what_they_say():
+    from diffmia.train import augment
+
+    x = torch.linspace(-1, 1, 32).repeat(4, 1, 32, 1)                  # 4 images, a horizontal ramp
+    flipped = augment(x, TrainConfig(hflip=True), torch.Generator().manual_seed(0))
+    rows = [torch.equal(f, im.flip(-1)) or torch.equal(f, im) for f, im in zip(flipped, x)]
+    assert all(rows) and any(torch.equal(f, im.flip(-1)) for f, im in zip(flipped, x))
+    cut = augment(x, TrainConfig(cutout=8), torch.Generator().manual_seed(0))
+    changed = (cut != x).flatten(1).sum(1)
+    assert (changed > 0).all() and (changed <= 81).all() and (cut[cut != x] == 0).all()
+    ra1 = augment(x, TrainConfig(randaugment=True), torch.Generator().manual_seed(1))
+    ra2 = augment(x, TrainConfig(randaugment=True), torch.Generator().manual_seed(1))
+    assert torch.equal(ra1, ra2) and ra1.shape == x.shape and ra1.min() >= -1 and ra1.max() <= 1

@@ -92,15 +92,16 @@ class _GeneratedSetAttack(Attack):
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise DiffmiaError(f"{self.name}: seed must be an integer, got {self.seed!r}")
 
-    def _generated(self, api) -> torch.Tensor:
-        """The generated set, kept in memory per API fingerprint (the runner calls features per chunk)."""
+    def _generated(self, api, slot: str = "_memo") -> torch.Tensor:
+        """The generated set, kept in memory (attribute ``slot``) per API fingerprint: the runner calls
+        features per chunk."""
         ident = api.identity()
-        memo = getattr(self, "_memo", None)
+        memo = getattr(self, slot, None)
         if memo is not None and ident is not None and memo[0] == ident:
             return memo[1]
         gen = generated_set(api, int(self.n_generated), int(self.seed), self.cache_dir)
         if ident is not None:
-            self._memo = (ident, gen)
+            setattr(self, slot, (ident, gen))
         return gen
 
     def queries_per_sample(self) -> int:
@@ -165,16 +166,6 @@ class GANLeaks(_GeneratedSetAttack):
             ref = self._ref_api[1]
         return api_view(ref, f"{self.name} (reference)", needs=("generate",))
 
-    def _reference_generated(self, ref) -> torch.Tensor:
-        ident = ref.identity()
-        memo = getattr(self, "_ref_memo", None)
-        if memo is not None and ident is not None and memo[0] == ident:
-            return memo[1]
-        gen = generated_set(ref, int(self.n_generated), int(self.seed), self.cache_dir)
-        if ident is not None:
-            self._ref_memo = (ident, gen)
-        return gen
-
     def __getstate__(self):
         d = super().__getstate__()
         d.pop("_ref_memo", None)
@@ -192,7 +183,7 @@ class GANLeaks(_GeneratedSetAttack):
         out = {"nn_dist": nearest_distances(x, gen)[:, 0]}
         if self.reference is not None:
             ref = self._reference_api()
-            rgen = self._reference_generated(ref)
+            rgen = self._generated(ref, "_ref_memo")
             if rgen.shape[1:] != x.shape[1:]:
                 raise DiffmiaError(f"{self.name}: the reference generates {tuple(rgen.shape[1:])} images, "
                                    f"the queries are {tuple(x.shape[1:])}")
