@@ -49,11 +49,9 @@ def truncate_and_reduce(traj: np.ndarray, timesteps, time_truncations=(None,), v
 # ---------------------------------------------------------------------------------------------------------
 # White-box attack (SPEC 3.2)
 
-import torch  # noqa: E402
-
 from .. import ops  # noqa: E402
 from ..errors import DiffmiaError  # noqa: E402
-from .base import Attack, check_images, check_timesteps, default_seeds  # noqa: E402
+from .base import Attack, check_images, default_seeds  # noqa: E402
 
 KINDS = ("eps", "x0", "vlb")
 

@@ -12,7 +12,6 @@ Variants: with several timesteps, also each single ``loss[t=...]`` (the sweep). 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .. import ops
 from .base import Attack, check_images, check_timesteps, default_seeds

@@ -104,6 +104,17 @@ class _GeneratedSetAttack(Attack):
             setattr(self, slot, (ident, gen))
         return gen
 
+    def _queries_and_generated(self, target, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """The checked query images and the (cached) generated set, of the same shape."""
+        self._check_common()
+        api = api_view(target, self.name, needs=("generate",))
+        x = check_images(images, self.name)
+        gen = self._generated(api)
+        if gen.shape[1:] != x.shape[1:]:
+            raise DiffmiaError(f"{self.name}: generated images are {tuple(gen.shape[1:])} but queries are "
+                               f"{tuple(x.shape[1:])}")
+        return x, gen
+
     def queries_per_sample(self) -> int:
         """0: no call per sample. The attack calls ``generate`` once for ``n_generated`` images shared by
         all samples (and by other attacks through the cache): see ``fixed_generations()``."""
@@ -173,13 +184,7 @@ class GANLeaks(_GeneratedSetAttack):
         return d
 
     def features(self, target, images, cond=None, seeds=None):
-        self._check_common()
-        api = api_view(target, self.name, needs=("generate",))
-        x = check_images(images, self.name)
-        gen = self._generated(api)
-        if gen.shape[1:] != x.shape[1:]:
-            raise DiffmiaError(f"{self.name}: generated images are {tuple(gen.shape[1:])} but queries are "
-                               f"{tuple(x.shape[1:])}")
+        x, gen = self._queries_and_generated(target, images)
         out = {"nn_dist": nearest_distances(x, gen)[:, 0]}
         if self.reference is not None:
             ref = self._reference_api()
@@ -248,13 +253,7 @@ class MonteCarloSet(_GeneratedSetAttack):
         return {f"mc[q={q:g}]": float(np.quantile(nn, q)) for q in qs}
 
     def features(self, target, images, cond=None, seeds=None):
-        self._check_common()
-        api = api_view(target, self.name, needs=("generate",))
-        x = check_images(images, self.name)
-        gen = self._generated(api)
-        if gen.shape[1:] != x.shape[1:]:
-            raise DiffmiaError(f"{self.name}: generated images are {tuple(gen.shape[1:])} but queries are "
-                               f"{tuple(x.shape[1:])}")
+        x, gen = self._queries_and_generated(target, images)
         radii = self._radii(gen)
         q, p = x.flatten(1).double(), gen.flatten(1).double()
         counts = np.zeros((len(x), len(radii)))
