@@ -37,5 +37,6 @@ def run_demo(out: str, target: str, quick: bool = False) -> dict:
     print(console_table(report))
     for w in report.get("warnings", []):
         print("WARNING:", w)
-    print(f"\n{len(attacks)} attacks in {time.perf_counter() - t0:.0f} s. Report: {Path(out) / 'report.md'}")
+    print(f"\n{len(attacks)} attacks and the blind baseline in {time.perf_counter() - t0:.0f} s. "
+          f"Report: {Path(out) / 'report.md'}")
     return report

@@ -60,12 +60,16 @@ def plot_rocs(report: dict, all_scores: dict, folder: Path) -> list[str]:
     files = []
     for log in (False, True):
         fig, ax = plt.subplots(figsize=(5.2, 5))
-        for name, sc in all_scores.items():
+        # distinct colours without grey (grey dashed = the blind baseline)
+        colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + \
+                 [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i % 2 and i != 15]
+        for i, (name, sc) in enumerate(all_scores.items()):
             r = report["attacks"][name]
             test = ~sc.calibration
             s = sc.variants[r["variant"]][test]
             fpr, tpr, _ = metrics.roc(sc.is_member[test], s)
-            ax.plot(fpr, tpr, label=f"{name} (AUC {r['auc']:.3f})", lw=1.4)
+            style = dict(color="grey", ls="--") if name == "blind" else dict(color=colors[i % len(colors)])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {r['auc']:.3f})", lw=1.4, **style)
         n_neg = int((~next(iter(all_scores.values())).is_member[~next(iter(all_scores.values())).calibration]).sum())
         if log:
             lo = 1.0 / max(n_neg, 1)
