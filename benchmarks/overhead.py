@@ -98,7 +98,7 @@ def main(argv=None):
             cand = (sec, q, fwd, bare)
             best = cand if best is None else (min(best[0], sec), q, min(best[2], fwd), min(best[3], bare))
         sec, q, fwd, bare = best
-        row = {"attack": name, "queries_per_sample": q, "declared_queries_per_sample": att.queries_per_sample(),
+        row = {"attack": name, "queries_per_sample": q, "declared_queries_per_sample": att.queries_per_sample(target.num_train_timesteps),
                "attack_seconds": sec, "bare_forward_seconds": bare, "ratio": sec / bare,
                "seconds_inside_target_eps": fwd, "images_per_second": args.n / sec}
         if att.learned and args.fit:

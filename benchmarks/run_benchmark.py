@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 from diffmia.attacks import ATTACKS  # noqa: E402
 from diffmia.metrics import fmt  # noqa: E402
 from diffmia.run import RunConfig, run_attacks  # noqa: E402
-from diffmia.train import git_commit  # noqa: E402
+from diffmia.provenance import git_commit  # noqa: E402
+from diffmia.targets import TargetFolder  # noqa: E402
 
 
 def ci(r, key):
@@ -68,7 +69,7 @@ def main(argv=None):
                "torch_threads": torch.get_num_threads(),
                "device": "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu"
                else "cpu"}
-    training = json.loads((Path(a.target) / "training.json").read_text())
+    training = TargetFolder(a.target).training_record()
     out = Path(a.results)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     lines = [

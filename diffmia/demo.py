@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .attacks import ATTACKS
 from .errors import TargetError
+from .targets.folder import TargetFolder
 
 # Demo-sized parameters (the benchmark uses the papers' defaults on more samples).
 DEMO_PARAMS: dict[str, dict] = {
@@ -23,7 +24,7 @@ def run_demo(out: str, target: str, quick: bool = False) -> dict:
     from .report import console_table
     from .run import RunConfig, run_attacks
 
-    if not (Path(target) / "unet" / "config.json").exists():
+    if TargetFolder(target).sample_size() is None:
         raise TargetError(f"{target}: the reference target is missing; it ships with the repository "
                           "(targets/fmnist-ddpm) - check out the full repository or pass --target")
     n_mem, n_non = DEMO_SIZES["quick" if quick else "full"]

@@ -1,14 +1,16 @@
-"""Metrics of a membership score (SPEC section 2). Functions of ``(y_true, y_score)``, higher score =
-member, y_true 1 for members. All come from the exact ROC (``roc_curve(drop_intermediate=False)``).
+"""Metrics of a membership score: plain functions of ``(y_true, y_score)``, higher score = member, y_true 1
+for members. All come from the exact ROC (``roc_curve(drop_intermediate=False)``).
 
 * ``auc``, ``tpr_at_fpr`` (the largest TPR among ROC points with FPR <= alpha, with the achieved FPR and
   a ``resolvable`` flag: with alpha * n_nonmembers < 1 no non-zero FPR fits under alpha);
 * ``asr_oracle``: the best accuracy over all thresholds on balanced sets, i.e. max_t (TPR + TNR) / 2.
   It picks the threshold with the evaluation labels: label it "oracle";
-* the calibration/test protocol: ``calibration_split``, ``calibrated_rates`` (threshold chosen on the
-  calibration half, rates measured on the test half with Clopper-Pearson intervals);
-* ``bootstrap_ci``: seeded stratified bootstrap over samples;
-* ``evaluate``: all of it for one attack's score variants, choosing the variant on calibration only.
+* thresholds (``best_threshold``, ``threshold_at_fpr``) and the rates of a fixed threshold
+  (``rates_at``, with Clopper-Pearson intervals);
+* ``bootstrap_ci``: seeded stratified bootstrap over samples; ``summary``: all of it on one set.
+
+Where thresholds and variants are chosen (the calibration half) is the evaluation protocol's business:
+``diffmia.protocol``.
 """
 
 from __future__ import annotations
@@ -74,21 +76,6 @@ def asr_oracle(y_true, y_score) -> float:
     y_true, y_score = _check(y_true, y_score)
     fpr, tpr, _ = roc_curve(y_true, y_score, drop_intermediate=False)
     return float(np.max((tpr + 1 - fpr) / 2))
-
-
-def calibration_split(is_member, frac: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Boolean mask of the calibration rows: ``frac`` of the members and of the non-members (seeded)."""
-    is_member = np.asarray(is_member).astype(bool)
-    rng = np.random.default_rng(seed)
-    calib = np.zeros(len(is_member), bool)
-    for grp in (np.flatnonzero(is_member), np.flatnonzero(~is_member)):
-        k = int(round(frac * len(grp)))
-        calib[rng.permutation(grp)[:k]] = True
-    if not (calib & is_member).any() or not (calib & ~is_member).any() \
-            or not (~calib & is_member).any() or not (~calib & ~is_member).any():
-        raise DiffmiaError("too few members or non-members to split into calibration and test halves "
-                           f"({int(is_member.sum())} members, {int((~is_member).sum())} non-members)")
-    return calib
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -160,33 +147,6 @@ def summary(y_true, y_score, n_boot: int = 1000, seed: int = 0) -> dict:
         out[key + "_resolvable"] = r.resolvable
         if n_boot and r.resolvable:
             out[key + "_ci"] = bootstrap_ci(_tpr_value(alpha), y_true, y_score, n_boot, seed=seed)
-    return out
-
-
-def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_boot: int = 1000,
-             seed: int = 0) -> dict:
-    """The calibration/test protocol for one attack.
-
-    The headline variant and the thresholds are chosen on the calibration rows only (highest
-    calibration AUC; scores are never flipped); headline numbers are measured on the test rows.
-    ``sweep`` lists every variant's AUC and TPR@1%FPR on all rows: selecting from it is oracle selection.
-    """
-    is_member = np.asarray(is_member).astype(bool)
-    calib = np.asarray(calib).astype(bool)
-    test = ~calib
-    calib_auc = {k: auc(is_member[calib], v[calib]) for k, v in variants.items()}
-    chosen = max(calib_auc, key=calib_auc.get) if len(variants) > 1 else next(iter(variants))
-    s = variants[chosen]
-    out = {"variant": chosen, "calibration_auc": calib_auc[chosen]}
-    out.update(summary(is_member[test], s[test], n_boot, seed))
-    thr = best_threshold(is_member[calib], s[calib])
-    out["calibrated"] = rates_at(is_member[test], s[test], thr)
-    thr1 = threshold_at_fpr(is_member[calib], s[calib], 0.01)
-    out["calibrated_at_1pct_fpr"] = rates_at(is_member[test], s[test], thr1)
-    if len(variants) > 1:
-        out["sweep"] = {k: {"auc": auc(is_member, v), "tpr_at_1pct_fpr": tpr_at_fpr(is_member, v, 0.01).tpr,
-                            "calibration_auc": calib_auc[k]} for k, v in variants.items()}
-        out["sweep_note"] = "every variant on all samples: choosing the best here is oracle selection"
     return out
 
 

@@ -1,6 +1,6 @@
 """Diffusion maths shared by the attacks: pure functions with the equations they implement.
 
-Indices are 0-based as ``diffusers`` stores ``alphas_cumprod`` (SPEC section 1): abar[t] = prod_{s<=t}(1-beta_s).
+Indices are 0-based as ``diffusers`` stores ``alphas_cumprod``: abar[t] = prod_{s<=t}(1-beta_s).
 All functions take ``abar`` as a 1-D float64 tensor and ``t`` as an int or a 1-D long tensor [B].
 """
 
@@ -33,7 +33,7 @@ def predict_x0(abar, x_t, t, eps):
 
 
 def ddim_move(abar, x_s, s, t, eps):
-    """Deterministic DDIM move from step s to step t (either direction), no clipping (SPEC 1):
+    """Deterministic DDIM move from step s to step t (either direction), no clipping:
     x0_hat = (x_s - sqrt(1-abar_s) e)/sqrt(abar_s);  x_t = sqrt(abar_t) x0_hat + sqrt(1-abar_t) e."""
     x0 = predict_x0(abar, x_s, s, eps)
     a_t = _at(abar, t, x_s)
@@ -41,7 +41,7 @@ def ddim_move(abar, x_s, s, t, eps):
 
 
 def eps_from_model_output(abar, x_t, t, out, prediction_type: str):
-    """The noise prediction whatever the model predicts (SPEC 1)."""
+    """The noise prediction whatever the model predicts (epsilon, v or x0)."""
     if prediction_type == "epsilon":
         return out
     a = _at(abar, t, x_t)
@@ -70,7 +70,7 @@ def posterior(abar, t: int):
 
 
 def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor]:
-    """Per-sample losses at step t (Data Forensics, SPEC 3.2):
+    """Per-sample losses at step t (Data Forensics, white-box):
     eps: ||eps - eps_hat||^2;  x0: ||x0 - x0_hat||^2;
     vlb: KL(q(x_{t-1}|x_t,x0) || p_theta(x_{t-1}|x_t)) with p's variance fixed to beta_tilde_t, which
     is c0^2 ||x0 - x0_hat||^2 / (2 beta_tilde_t) averaged over dimensions (nats/dim); at t = 0 the
@@ -86,12 +86,64 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
     return {"eps": sum_sq(noise - eps_hat), "x0": d2, "vlb": vlb}
 
 
-def sample_noise(shape, seeds, salt: int = 0, device="cpu") -> torch.Tensor:
-    """Gaussian noise [B, *shape] where row i depends only on (seeds[i], salt): the same sample gets
-    the same noise whatever batch it is scored in, so runs repeat and can resume."""
-    out = torch.empty((len(seeds), *shape))
+# ----------------------------------------------------------------------------- noise streams
+# Every random draw on a sample comes from a *named stream*: the seed of a draw is a function of the
+# stream's name, the sample's own seed (its id) and the stream's key (attack seed, timestep, step), never
+# of the batch or of other samples. So a sample gets the same noise in any batch, runs repeat and resume,
+# and two attacks share noise exactly where this table says they do. `stream_seed` is the only place the
+# formulas live; they reproduce the draws of diffmia 0.1 bit for bit.
+#
+#   stream          per   key                          seed of sample s                      used by
+#   loss            s     seed, t                      mix(s, 100003 seed + t)               loss attack
+#   forensics       s     seed, t                      = loss (the same noise, by design)    forensics (white-box)
+#   api_request     s     seed                         s + 1000000007 seed (an int sent to   forensics_graybox,
+#                                                      the service, not a draw)              observers
+#   transform       v     t (= t_start)                mix(v, t)                             DiffusersAPI.transform,
+#                                                                                            initial noise
+#   transform_step  v     t (= t_start), step k >= 1   mix(v, 10000000 + 1000 t + k)         its DDPM draws
+#   generate        i     seed, step k >= 0            mix(i, 50000000 + 10007 seed + k)     DiffusersAPI.generate
+#   train           -     seed, step                   1000003 seed + step (one generator    diffmia train
+#                                                      per step: batch, t, noise, augment)
+#
+# with mix(s, salt) = (1000003 s + 7919 salt + 12345) mod 2^63 the seed of a torch.Generator. Promises
+# that follow (and are tested): forensics' eps-trajectory at t equals the loss attack's loss at t for
+# every seed; with seed 0, ``DiffusersAPI.transform`` from t_start for request seed s starts from the loss
+# attack's noise of sample s at t = t_start (so does forensics_graybox, whose request seed at seed 0 is
+# the sample id). With another attack seed, gray-box/observer noise is a different, independent draw.
+STREAMS = ("loss", "forensics", "api_request", "transform", "transform_step", "generate", "train")
+
+
+def _mix(s: int, salt: int) -> int:
+    return (int(s) * 1_000_003 + int(salt) * 7_919 + 12345) % (2 ** 63)
+
+
+def stream_seed(stream: str, sample: int = 0, *, seed: int = 0, t: int = 0, step: int = 0) -> int:
+    """The integer seed of one draw of ``stream`` for one sample (see the table above)."""
+    if stream in ("loss", "forensics"):
+        return _mix(sample, int(seed) * 100_003 + int(t))
+    if stream == "api_request":
+        return int(sample) + int(seed) * 1_000_000_007
+    if stream == "transform":
+        return _mix(sample, int(t))
+    if stream == "transform_step":
+        return _mix(sample, 10_000_000 + int(t) * 1_000 + int(step))
+    if stream == "generate":
+        return _mix(sample, 50_000_000 + int(seed) * 10_007 + int(step))
+    if stream == "train":
+        return int(seed) * 1_000_003 + int(step)
+    raise ValueError(f"unknown noise stream {stream!r}; streams: {STREAMS}")
+
+
+def noise(stream: str, shape, samples, device="cpu", **key) -> torch.Tensor:
+    """Gaussian noise [B, *shape] of ``stream``; row i depends only on (stream, samples[i], key)."""
+    out = torch.empty((len(samples), *shape))
     g = torch.Generator()
-    for i, s in enumerate(seeds):
-        g.manual_seed((int(s) * 1_000_003 + int(salt) * 7_919 + 12345) % (2 ** 63))
+    for i, s in enumerate(samples):
+        g.manual_seed(stream_seed(stream, int(s), **key))
         out[i] = torch.randn(shape, generator=g)
     return out.to(device)
+
+
+def generator(stream: str, **key) -> torch.Generator:
+    """A torch.Generator for a stream drawn once per step (``train``), seeded by :func:`stream_seed`."""
+    return torch.Generator().manual_seed(stream_seed(stream, **key))

@@ -123,7 +123,9 @@ def interpretation(report: dict) -> str:
     return text
 
 
-def write_report(folder, report: dict, all_scores: dict, target_folder: str | None = None) -> Path:
+def write_report(folder, report: dict, all_scores: dict, samples: Path | None = None) -> Path:
+    """Write report.md and the ROC figures into ``folder``; ``samples``: an image of the target's samples
+    (copied beside the report when it exists)."""
     folder = Path(folder)
     figs = plot_rocs(report, all_scores, folder)
     md = ["# Membership-inference audit", "",
@@ -138,8 +140,8 @@ def write_report(folder, report: dict, all_scores: dict, target_folder: str | No
     if "shift" in report:
         md.append(f"Shift diagnostic (member vs non-member pixel distributions): `{report['shift']}`\n")
     md += ["## ROC (test half)", "", f"![ROC]({figs[0]}) ![ROC log-log]({figs[1]})", ""]
-    if target_folder and (Path(target_folder) / "samples.png").exists():
-        shutil.copy(Path(target_folder) / "samples.png", folder / "target_samples.png")
+    if samples is not None and Path(samples).exists():
+        shutil.copy(samples, folder / "target_samples.png")
         md += ["## Samples from the target", "", "![samples](target_samples.png)", ""]
     md += ["## Calibrated decisions (threshold from the calibration half, applied to the test half)", "",
            "| attack | threshold rule | balanced acc. | TPR [95% CI] | FPR [95% CI] |", "|---|---|---|---|---|"]

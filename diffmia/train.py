@@ -6,19 +6,16 @@ flip, Cutout, RandAugment) and weight decay. Checkpoints are written atomically 
 ``checkpoint_every`` steps; re-running the same command continues from the last one (also after
 ``kill -9``). Batches and noise depend only on (seed, step), so a resumed run equals an uninterrupted one.
 
-Output folder = a target: ``unet/`` (EMA), ``unet_raw/``, ``scheduler/``, ``model_index.json``
-(so ``diffusers.DDPMPipeline.from_pretrained`` opens it), ``split.json``, ``training.json``,
-``samples.png``.
+Output folder = a target (layout: :class:`~diffmia.targets.folder.TargetFolder`): ``unet/`` (EMA),
+``unet_raw/``, ``scheduler/``, ``model_index.json`` (so ``diffusers.DDPMPipeline.from_pretrained`` opens
+it), ``split.json``, ``training.json``, ``samples.png``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import ops
 from .data import MembershipSplit, load_dataset, to_model_input
 from .errors import DiffmiaError
+from .provenance import git_commit, hardware, library_versions
+from .targets.folder import TargetFolder, sample_size
 
 
 @dataclass
@@ -131,38 +131,11 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
     return x
 
 
-def library_versions() -> dict:
-    import diffusers
-    import sklearn
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__}
-
-
-def hardware(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def git_commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # ----------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(out: Path, unet, ema, opt, state: dict) -> None:
+def _save_checkpoint(ck: Path, unet, ema, opt, state: dict) -> None:
     from safetensors.torch import save_file
 
-    tmp, ck, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
+    tmp, old = ck.with_name(ck.name + ".tmp"), ck.with_name(ck.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet_raw.safetensors")
@@ -176,10 +149,10 @@ def _save_checkpoint(out: Path, unet, ema, opt, state: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out: Path, unet, ema, opt) -> dict | None:
+def _load_checkpoint(checkpoint: Path, unet, ema, opt) -> dict | None:
     from safetensors.torch import load_file
 
-    for ck in (out / "checkpoint", out / "checkpoint.old"):
+    for ck in (checkpoint, checkpoint.with_name(checkpoint.name + ".old")):
         if (ck / "state.json").exists():
             unet.load_state_dict(load_file(ck / "unet_raw.safetensors"))
             ema.load_state_dict(load_file(ck / "unet_ema.safetensors"))
@@ -197,12 +170,13 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
 
     from .targets.base import resolve_device
 
-    out = Path(out_dir)
+    folder = TargetFolder(out_dir)
+    out = folder.path
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    cfg_file = out / "train_config.json"
+    cfg_file = folder.train_config_json
     cfg_dict = asdict(cfg)
     if cfg_file.exists():
         before = json.loads(cfg_file.read_text())
@@ -217,12 +191,12 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
     data = load_dataset(cfg.data, cfg.data_root)
     if cfg.split:
         split = MembershipSplit.load(cfg.split)
-    elif (out / "split.json").exists():
-        split = MembershipSplit.load(out / "split.json")
+    elif folder.split_path.exists():
+        split = MembershipSplit.load(folder.split_path)
     else:
         split = MembershipSplit.random(data, cfg.n_members, cfg.n_nonmembers, seed=cfg.split_seed)
     split.meta.setdefault("train_data", cfg.data)
-    split.save(out / "split.json")
+    split.save(folder.split_path)
     members, _ = split.select(data)
     members = data.subset(split.members)
     x_all = to_model_input(members.images, cfg.image_size)
@@ -236,7 +210,7 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
     abar = sched.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    state = _load_checkpoint(out, unet, ema, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
+    state = _load_checkpoint(folder.checkpoint_dir, unet, ema, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
     step0 = state["step"]
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step0 + max_steps_this_run)
     n_params = sum(p.numel() for p in unet.parameters())
@@ -248,7 +222,7 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        g = ops.generator("train", seed=cfg.seed, step=step)    # stream 'train': augmentation, t and noise
         x0 = x_all[_batch_positions(step, cfg.batch_size, len(x_all), cfg.seed)]
         x0 = augment(x0, cfg, g).to(device)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=g).to(device)
@@ -272,17 +246,17 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
             state["step"] = step + 1
             state["seconds"] += time.perf_counter() - t_start
             t_start = time.perf_counter()
-            _save_checkpoint(out, unet, ema, opt, state)
+            _save_checkpoint(folder.checkpoint_dir, unet, ema, opt, state)
     bar.close()
     if state["step"] < cfg.steps:
         return out
 
     unet.eval()
     ema.eval()
-    ema.save_pretrained(out / "unet", safe_serialization=True)
-    unet.save_pretrained(out / "unet_raw", safe_serialization=True)
-    sched.save_pretrained(out / "scheduler")
-    (out / "model_index.json").write_text(json.dumps(
+    ema.save_pretrained(folder.unet_dir("ema"), safe_serialization=True)
+    unet.save_pretrained(folder.unet_dir("raw"), safe_serialization=True)
+    sched.save_pretrained(folder.scheduler_dir)
+    folder.model_index_json.write_text(json.dumps(
         {"_class_name": "DDPMPipeline", "_diffusers_version": library_versions()["diffusers"],
          "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=1))
     record = {
@@ -295,9 +269,9 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
         "versions": library_versions(), "git_commit": git_commit(),
         "weights": {"unet": "EMA (decay %g)" % cfg.ema_decay, "unet_raw": "raw"},
     }
-    (out / "training.json").write_text(json.dumps(record, indent=1))
+    folder.training_json.write_text(json.dumps(record, indent=1))
     if cfg.sample_grid:
-        save_sample_grid(ema, sched, out / "samples.png", cfg.sample_grid, cfg.sample_steps,
+        save_sample_grid(ema, sched, folder.samples_png, cfg.sample_grid, cfg.sample_steps,
                          device, seed=cfg.seed, progress=progress)
     return out
 
@@ -311,9 +285,8 @@ def sample(unet, scheduler, n: int, steps: int, device, seed: int = 0, progress:
     sched = DDPMScheduler.from_config(scheduler.config)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    x = torch.randn((n, cfg.in_channels, size, size), generator=g).to(device)
+    size = sample_size(unet.config)
+    x = torch.randn((n, unet.config.in_channels, size, size), generator=g).to(device)
     for t in tqdm(sched.timesteps, disable=not progress, desc="sample"):
         eps = unet(x, t).sample
         x = sched.step(eps, t, x, generator=g).prev_sample

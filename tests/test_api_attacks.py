@@ -13,14 +13,16 @@ from sklearn.metrics import roc_auc_score
 
 from diffmia import ops
 from diffmia.attacks import ATTACKS
-from diffmia.attacks.blind import BlindBaseline, image_features, shift_distance
-from diffmia.attacks.forensics_api import ForensicsGrayBox
+from diffmia.attacks._generated import generated_set
+from diffmia.attacks.blind import BlindBaseline, image_features
+from diffmia.attacks.forensics_graybox import ForensicsGrayBox
+from diffmia.attacks.ganleaks import GANLeaks
+from diffmia.attacks.monte_carlo_set import MonteCarloSet
 from diffmia.attacks.observers import Observers, box_blur, image_distances
-from diffmia.attacks.synthetic import GANLeaks, MonteCarloSet, generated_set
 from diffmia.errors import DiffmiaError
-from diffmia.metrics import calibration_split
-from diffmia.targets import NoisePredictor
-from diffmia.targets.api import (CallableAPI, DiffusersAPI, GenerationAPI, api_view, has_noise_predictor,
+from diffmia.protocol import calibration_split, shift_distance
+from diffmia.targets import DiffusersAPI, NoisePredictor
+from diffmia.targets.api import (CallableAPI, GenerationAPI, api_view, has_noise_predictor,
                                  transform_timesteps)
 
 API_ATTACKS = ("forensics_graybox", "ganleaks", "monte_carlo_set", "observers")
@@ -121,7 +123,7 @@ def test_transform_semantics(api, memorised_target, eval_set):
     assert torch.equal(final, inter[0])
     # the first preview is the white-box x0 estimate at t_start with the loss attack's noise (clipped)
     abar = memorised_target.alphas_cumprod
-    noise = ops.sample_noise(x.shape[1:], ids[:4], salt=300)
+    noise = ops.noise("loss", x.shape[1:], ids[:4], seed=0, t=300)
     x_t = ops.q_sample(abar, x, 300, noise)
     x0_hat = ops.predict_x0(abar, x_t, 300, memorised_target.eps(x_t, 300)).clamp(-1, 1)
     torch.testing.assert_close(inter[300], x0_hat, atol=1e-5, rtol=1e-5)

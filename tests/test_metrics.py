@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from diffmia import metrics
+from diffmia import metrics, protocol
 from diffmia.errors import DiffmiaError
 
 
@@ -31,7 +31,7 @@ def test_tpr_at_fpr_exact_and_achieved_fpr():
     s = np.r_[neg, pos]
     r = metrics.tpr_at_fpr(y, s, 0.01)
     assert r.resolvable and r.tpr == 0.6 and r.achieved_fpr == 0.01 and r.n_nonmembers == 100
-    # alpha * n_nonmembers < 1: only FPR 0 fits, and SPEC says "not resolvable", not a number
+    # alpha * n_nonmembers < 1: only FPR 0 fits: reported "not resolvable", not as a number
     r0 = metrics.tpr_at_fpr(y, s, 0.0099)
     assert not r0.resolvable and r0.tpr is None and r0.achieved_fpr == 0.0
 
@@ -53,12 +53,12 @@ def test_asr_oracle_is_best_balanced_accuracy():
 
 def test_calibration_split_is_stratified_and_seeded():
     y = np.r_[np.ones(40, bool), np.zeros(60, bool)]
-    c = metrics.calibration_split(y, 0.5, seed=3)
+    c = protocol.calibration_split(y, 0.5, seed=3)
     assert c[y].sum() == 20 and c[~y].sum() == 30
-    assert (c == metrics.calibration_split(y, 0.5, seed=3)).all()
-    assert not (c == metrics.calibration_split(y, 0.5, seed=4)).all()
+    assert (c == protocol.calibration_split(y, 0.5, seed=3)).all()
+    assert not (c == protocol.calibration_split(y, 0.5, seed=4)).all()
     with pytest.raises(DiffmiaError, match="too few"):
-        metrics.calibration_split(np.array([1, 0, 0], bool))
+        protocol.calibration_split(np.array([1, 0, 0], bool))
 
 
 def test_clopper_pearson_known_value():
@@ -78,11 +78,11 @@ def test_bootstrap_ci_seeded_and_contains_point():
 def test_evaluate_chooses_variant_on_calibration_only():
     rng = np.random.default_rng(2)
     y = np.r_[np.ones(200, bool), np.zeros(200, bool)]
-    calib = metrics.calibration_split(y, 0.5, 0)
+    calib = protocol.calibration_split(y, 0.5, 0)
     good = y + rng.normal(size=400)
     # 'leaky' is informative only on the test half: an honest protocol must not pick it
     leaky = np.where(calib, rng.normal(size=400), 5.0 * y)
-    ev = metrics.evaluate({"good": good, "leaky": leaky}, y, calib, n_boot=50)
+    ev = protocol.evaluate({"good": good, "leaky": leaky}, y, calib, n_boot=50)
     assert ev["variant"] == "good"
     assert ev["n_members"] == 100 and ev["n_nonmembers"] == 100
     assert ev["sweep"]["leaky"]["auc"] > ev["sweep"]["good"]["auc"] - 0.3  # the sweep shows it, labelled oracle

@@ -15,7 +15,7 @@ import torch
 
 from diffmia import ops
 from diffmia.attacks import ATTACKS, PIA, PIAN, ForensicsWhiteBox, LossAttack, SecMINNs, SecMIStat
-from diffmia.attacks.forensics import truncate_and_reduce
+from diffmia.attacks._trajectory import truncate_and_reduce
 from diffmia.attacks.secmi import secmi_reconstructions
 from diffmia.errors import DiffmiaError
 from diffmia.metrics import auc
@@ -282,7 +282,7 @@ def test_forensics_losses_by_hand_and_loss_attack_agree():
     loss = LossAttack(timesteps=(200,)).features(affine(), x0)
     np.testing.assert_allclose(feats["traj_eps"][:, 1], loss["l_200"], rtol=1e-6)   # same seeded noise
     target, abar = affine(), ddpm_abar()
-    noise = ops.sample_noise(x0.shape[1:], np.arange(3), salt=600)
+    noise = ops.noise("loss", x0.shape[1:], np.arange(3), t=600)
     x_t = ops.q_sample(abar, x0, 600, noise)
     want = ops.step_losses(abar, x0, x_t, 600, noise, target.eps(x_t, 600))
     for k in ("eps", "x0", "vlb"):

@@ -53,8 +53,8 @@ def test_step_losses_zero_for_exact_prediction_and_positive_otherwise():
         assert (wrong["eps"] > exact["eps"]).all() and (wrong["vlb"] > exact["vlb"]).all()
 
 
-def test_sample_noise_depends_only_on_seed():
-    a = ops.sample_noise((1, 4, 4), [5, 6, 7], salt=3)
-    b = ops.sample_noise((1, 4, 4), [7], salt=3)
+def test_noise_depends_only_on_stream_sample_and_key():
+    a = ops.noise("loss", (1, 4, 4), [5, 6, 7], t=3)
+    b = ops.noise("loss", (1, 4, 4), [7], t=3)
     assert torch.equal(a[2], b[0]) and not torch.equal(a[0], a[1])
-    assert not torch.equal(a[0], ops.sample_noise((1, 4, 4), [5], salt=4)[0])
+    assert not torch.equal(a[0], ops.noise("loss", (1, 4, 4), [5], t=4)[0])

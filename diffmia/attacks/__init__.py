@@ -1,14 +1,18 @@
-"""Attacks, one file per paper. ``ATTACKS`` is a plain dict: name -> class."""
+"""Attacks, one file per registry entry, named after it (``loss.py`` holds ``loss``). ``ATTACKS`` is a plain
+dict: name -> class. Files starting with ``_`` hold what two attacks of one paper share."""
 
 from .base import Attack
 from .blind import BlindBaseline
 from .forensics import ForensicsWhiteBox
-from .forensics_api import ForensicsGrayBox
+from .forensics_graybox import ForensicsGrayBox
+from .ganleaks import GANLeaks
 from .loss import LossAttack
+from .monte_carlo_set import MonteCarloSet
 from .observers import Observers
-from .pia import PIA, PIAN
-from .secmi import SecMINNs, SecMIStat
-from .synthetic import GANLeaks, MonteCarloSet
+from .pia import PIA
+from .pian import PIAN
+from .secmi import SecMIStat
+from .secmi_nns import SecMINNs
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     LossAttack,

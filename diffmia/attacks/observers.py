@@ -1,5 +1,19 @@
-"""Black-box observers of image-to-image outputs (Cilloni, Fleming & Walter, "Privacy Threats in Stable
-Diffusion Models", arXiv 2311.09355). SPEC 3.7.
+"""Observers: the black-box attack of Cilloni, Fleming & Walter, "Privacy Threats in Stable Diffusion
+Models" (arXiv 2311.09355).
+
+An *observer* is a rule for which images to compare while the target generates from a query image: the
+attacker submits the query to an image-to-image API, watches the outputs at several generation steps
+("epochs" in the paper) and measures distances between them and the query (or each other). A member is
+reconstructed more faithfully, so its distances differ; a classifier learns how. The paper's attack has
+three modules (its Informer, Encoder and Classifier); the tags C1-C4 mark the lines implementing each:
+
+* (C1) Informer: one image-to-image call per query returns the outputs o_1 ... o_K at K steps;
+* (C2) Encoder: observers x distances -> one feature vector per sample. Observers: ``complete``
+  d(o_k, x0) for every k; ``progressive`` d(o_k, o_{k-1}); ``oneshot`` d(o_K, x0). Distances: PSNR,
+  DSSIM = (1 - SSIM)/2, RMSE and the L2 distance between embeddings of a fixed feature network;
+* (C3) Classifier: binary classifiers (logistic regression, SVM, decision tree, Gaussian naive Bayes,
+  k-NN) trained on labelled calibration samples output P(member);
+* (C4) the smoothing defence the paper evaluates: a box blur of radius 1 of the returned images.
 """
 
 from __future__ import annotations
@@ -9,7 +23,8 @@ import torch
 
 from ..errors import DiffmiaError
 from ..targets.api import api_view, transform_timesteps
-from .base import Attack, check_images, default_seeds
+from .. import ops
+from .base import SEED, TIMESTEP, Attack, boolean, integer, subset_of
 
 OBSERVERS = ("complete", "progressive", "oneshot")
 DISTANCES = ("psnr", "dssim", "rmse", "feature")
@@ -18,13 +33,13 @@ PSNR_CAP = 100.0          # dB; PSNR of identical images (infinite) is capped he
 
 
 def box_blur(images: torch.Tensor) -> torch.Tensor:
-    """Box blur of radius 1: the mean over each pixel's 3 x 3 neighbourhood, edges replicated."""
+    """(C4) Box blur of radius 1: the mean over each pixel's 3 x 3 neighbourhood, edges replicated."""
     x = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="replicate")
     return torch.nn.functional.avg_pool2d(x, 3, stride=1)
 
 
 def image_distances(a: torch.Tensor, b: torch.Tensor, which=("psnr", "dssim", "rmse")) -> dict[str, np.ndarray]:
-    """Per-pair distances between image batches in [-1, 1] (data range 2), from ``skimage.metrics``:
+    """(C2) Per-pair distances between image batches in [-1, 1] (data range 2), from ``skimage.metrics``:
     PSNR (dB, capped at 100 for identical images; higher = closer), DSSIM = (1 - SSIM)/2, RMSE."""
     from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
@@ -81,6 +96,7 @@ class FeatureNet:
 
 
 def _classifier(kind: str, n_train: int, seed: int, n_minority: int = 5):
+    """(C3) One of the paper's classifiers, as a scikit-learn estimator with ``predict_proba``."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.naive_bayes import GaussianNB
     from sklearn.neighbors import KNeighborsClassifier
@@ -107,13 +123,13 @@ def _classifier(kind: str, n_train: int, seed: int, n_minority: int = 5):
 
 
 class Observers(Attack):
-    """Cilloni et al. black-box observers (arXiv 2311.09355; SPEC 3.7).
+    """Cilloni et al. black-box observers (arXiv 2311.09355).
 
     Threat model: black-box; only ``transform`` (image-to-image with outputs at every generation step,
     "epochs") of a :class:`~diffmia.targets.api.GenerationAPI` is used. It never touches the network.
 
-    Per query image x0, **one** ``transform`` call from ``t_start`` in ``num_steps`` steps (noise keyed
-    by the sample's seed, shifted by ``seed``) returns the outputs o_1 ... o_K at the K steps (the API's
+    Per query image x0, **one** ``transform`` call from ``t_start`` in ``num_steps`` steps (request seed
+    of sample s: s + 1000000007 * ``seed``, stream ``api_request`` of ``diffmia.ops``) returns the outputs o_1 ... o_K at the K steps (the API's
     decoded clean-image estimates; o_K is the final image). Optionally every output is box-blurred with
     radius 1 (``blur=True``: the paper's smoothing defence, applied by the service to what it returns;
     the query is not blurred). Observers:
@@ -128,8 +144,8 @@ class Observers(Attack):
 
     Learned: for every (observer, distance set, classifier) a scikit-learn classifier is fit on the
     calibration rows (``fit(features, is_member)``): logistic regression and SVM (on standardised
-    features; the SVM's P(member) by cross-validated Platt scaling of its decision function), decision tree, Gaussian naive
-    Bayes, k-NN (k = 5, standardised). Distance sets are ``all`` (every chosen distance) and each
+    features; the SVM's P(member) by cross-validated Platt scaling of its decision function), decision
+    tree, Gaussian naive Bayes, k-NN (k = 5, standardised). Distance sets are ``all`` (every chosen distance) and each
     distance alone. Score = P(member) from ``predict_proba``; variants are named
     ``{observer}/{distances}/{classifier}``, the first (primary) is ``complete/all/logreg``.
 
@@ -143,7 +159,11 @@ class Observers(Attack):
     paper = "Cilloni, Fleming & Walter 2023, Privacy Threats in Stable Diffusion Models (arXiv 2311.09355)"
     threat_model = "black-box"
     access = "api"
+    api_calls = ("transform",)
     learned = True
+    _parameter_constraints = {"t_start": TIMESTEP, "num_steps": integer(1), "observers": subset_of(OBSERVERS),
+                              "distances": subset_of(DISTANCES), "classifiers": subset_of(CLASSIFIERS),
+                              "blur": boolean(), "feature_seed": SEED, "seed": SEED}
 
     def __init__(self, t_start: int = 300, num_steps: int = 10, observers=OBSERVERS, distances=DISTANCES,
                  classifiers=CLASSIFIERS, blur: bool = False, feature_seed: int = 0, seed: int = 0):
@@ -156,57 +176,46 @@ class Observers(Attack):
         self.feature_seed = feature_seed
         self.seed = seed
 
-    def queries_per_sample(self) -> int:
+    def _queries(self, num_train_timesteps):
         """One ``transform`` call (one submitted image) per sample."""
         return 1
 
-    def _check(self):
-        for arg, allowed in (("observers", OBSERVERS), ("distances", DISTANCES), ("classifiers", CLASSIFIERS)):
-            v = tuple(getattr(self, arg))
-            if not v or any(x not in allowed for x in v) or len(set(v)) != len(v):
-                raise DiffmiaError(f"{self.name}: {arg} must be distinct values from {allowed}, got {list(v)}")
+    def check_params(self) -> None:
+        super().check_params()
         if "progressive" in self.observers and int(self.num_steps) < 2:
             raise DiffmiaError(f"{self.name}: the progressive observer needs num_steps >= 2")
-        if not isinstance(self.blur, (bool, np.bool_)):
-            raise DiffmiaError(f"{self.name}: blur must be True or False, got {self.blur!r}")
-        return tuple(self.observers), tuple(self.distances), tuple(self.classifiers)
 
-    def _feature_net(self) -> FeatureNet:
-        net = getattr(self, "_net", None)
-        if net is None or net[0] != self.feature_seed:
-            net = (self.feature_seed, FeatureNet(self.feature_seed))
-            self._net = net
-        return net[1]
+    def _feature_net(self, cache: dict) -> FeatureNet:
+        key = ("feature_net", int(self.feature_seed))
+        if key not in cache:
+            cache[key] = FeatureNet(self.feature_seed)
+        return cache[key]
 
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d.pop("_net", None)
-        return d
-
-    def features(self, target, images, cond=None, seeds=None):
-        _, dists, _ = self._check()
-        api = api_view(target, self.name, needs=("transform",))
+    def _features(self, target, images, cond, seeds, cache):
+        dists = tuple(self.distances)
+        api = api_view(target, self.name, needs=self.api_calls)
         transform_timesteps(self.t_start, self.num_steps, api.num_train_timesteps)   # clear errors early
-        x0 = check_images(images, self.name)
-        seeds = default_seeds(seeds, len(x0)).astype(np.int64) + int(self.seed) * 1_000_000_007
-        final, inter = api.transform(x0, int(self.t_start), int(self.num_steps), seed=seeds,
-                                     return_intermediates=True)
+        x0 = images
+        requests = np.asarray([ops.stream_seed("api_request", s, seed=self.seed) for s in seeds], np.int64)
+        final, inter = api.transform(x0, int(self.t_start), int(self.num_steps), seed=requests,
+                                     return_intermediates=True)                        # (C1) Informer
         outs = [inter[t].float().cpu() for t in sorted(inter, reverse=True)] if inter else [final.float().cpu()]
         if self.blur:
-            outs = [box_blur(o) for o in outs]
+            outs = [box_blur(o) for o in outs]                                         # (C4)
         pix = [d for d in dists if d != "feature"]
         feats: dict[str, list] = {f"{o}_{d}": [] for o in ("complete", "progressive") for d in dists}
-        emb_q = self._feature_net()(x0) if "feature" in dists else None
+        net = self._feature_net(cache) if "feature" in dists else None
+        emb_q = net(x0) if net is not None else None
         emb_prev = None
-        for k, o in enumerate(outs):
+        for k, o in enumerate(outs):                                                   # (C2) Encoder
             if pix:
-                for d, v in image_distances(o, x0, pix).items():
+                for d, v in image_distances(o, x0, pix).items():                      # complete: d(o_k, x0)
                     feats[f"complete_{d}"].append(v)
                 if k:
-                    for d, v in image_distances(o, outs[k - 1], pix).items():
+                    for d, v in image_distances(o, outs[k - 1], pix).items():         # progressive: d(o_k, o_k-1)
                         feats[f"progressive_{d}"].append(v)
             if emb_q is not None:
-                e = self._feature_net()(o)
+                e = net(o)
                 feats["complete_feature"].append((e - emb_q).norm(dim=1).double().numpy())
                 if k:
                     feats["progressive_feature"].append((e - emb_prev).norm(dim=1).double().numpy())
@@ -221,7 +230,7 @@ class Observers(Attack):
             if key not in features:
                 raise DiffmiaError(f"{self.name}: features lack {key!r}; recompute them with these parameters")
             m = np.asarray(features[key], np.float64)
-            cols.append(m[:, -1:] if observer == "oneshot" else m)
+            cols.append(m[:, -1:] if observer == "oneshot" else m)          # oneshot: d(o_K, x0) only
         x = np.concatenate(cols, axis=1)
         if x.shape[1] == 0:
             raise DiffmiaError(f"{self.name}: the {observer} observer has no values (num_steps too small?)")
@@ -230,11 +239,11 @@ class Observers(Attack):
         return x
 
     def _variants(self):
-        obs, dists, clfs = self._check()
+        obs, dists, clfs = tuple(self.observers), tuple(self.distances), tuple(self.classifiers)
         sets = [("all", dists)] + ([(d, (d,)) for d in dists] if len(dists) > 1 else [])
         return [(o, sname, sd, c) for o in obs for sname, sd in sets for c in clfs]
 
-    def fit(self, features, is_member):
+    def _fit(self, features, is_member):                                          # (C3) Classifier
         y = np.asarray(is_member).astype(bool)
         n = len(next(iter(features.values()))) if features else 0
         if len(y) != n:
@@ -247,13 +256,8 @@ class Observers(Attack):
             m = _classifier(c, len(y), int(self.seed), int(min(y.sum(), (~y).sum())))
             m.fit(self._matrix(features, o, sd), y)
             self.models_[f"{o}/{sname}/{c}"] = m
-        self.fitted_ = True
-        return self
 
-    def scores(self, features):
-        if not getattr(self, "fitted_", False):
-            raise DiffmiaError(f"{self.name} is a learned attack: call fit(features, is_member) on calibration "
-                               "rows first")
+    def _scores(self, features):
         out = {}
         for o, sname, sd, c in self._variants():
             key = f"{o}/{sname}/{c}"

@@ -1,35 +1,40 @@
-"""PIA and PIAN: Proximal Initialization Attack (Kong et al., ICLR 2024; arXiv 2305.18355). SPEC 3.6.
+"""PIA: Proximal Initialization Attack (Kong et al., ICLR 2024; arXiv 2305.18355).
 
 Paper: F. Kong, J. Duan, R. Ma, H. Shen, X. Zhu, X. Shi, K. Xu, "An Efficient Membership Inference
 Attack for the Diffusion Model by Proximal Initialization". Threat model: white-box query access to
-eps_theta (only noise predictions are read).
+eps_theta (only noise predictions are read). PIAN, the paper's normalised variant, is in ``pian.py``.
 
-* eps_0 = eps_theta(x0, 0): the model's noise estimate at the clean image, used as the "proximal
-  initialisation" of the noise instead of random noise.
-* For each t: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps_0 (the DDIM-style deterministic point), and
-  R_t = sum_pixels |eps_0 - eps_theta(x_t, t)|^p with p = 4 (the reference code sums the 4th powers;
-  no root). Score = -R_t: a member's noise estimates are consistent, so R_t is small.
-* PIAN first rescales eps_0 per sample so that mean(|eps_0|) = sqrt(2/pi), the mean absolute value of
-  N(0, I): eps_0 <- eps_0 * sqrt(2/pi) / mean(|eps_0|).
+The paper's method section ("proximal initialization") in the notation of this file (tags P1-P4 mark
+the lines below that implement each step; our reference of the paper is its method description, so
+the tags follow the steps rather than the paper's equation numbers):
+
+* (P1) eps_0 = eps_theta(x0, 0): the model's noise estimate at the clean image and t = 0, used as the
+  *proximal initialisation* of the deterministic (DDIM, eta = 0) trajectory through x0 instead of a
+  random noise draw;
+* (P2) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps_0: the ground-truth point of that trajectory at t;
+* (P3) R_t = sum_pixels |eps_0 - eps_theta(x_t, t)|^p with p = 4 (the paper's l4 distance; the reference
+  code sums the 4th powers and takes no root, so neither do we);
+* (P4) score = -R_t: a member's noise estimates agree along its own trajectory, so R_t is small.
+
+The paper phrases the distance between the *points* x_{t-1} predicted from x_t and the ground-truth
+x_{t-1}; with a deterministic DDIM step both are affine in the noise, and their difference is
+c_t (eps_0 - eps_theta(x_t, t)) with c_t = sqrt(abar_{t-1}) sqrt(1-abar_t)/sqrt(abar_t) - sqrt(1-abar_{t-1}),
+a constant for a fixed t: the ranking of samples (and every metric) is that of R_t.
 
 Queries per sample: 1 + number of t's (one eps_0 shared by a sweep over t).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import ops
 from ..errors import DiffmiaError
-from .base import Attack, check_images, check_timesteps
-
-GAUSS_MEAN_ABS = math.sqrt(2 / math.pi)      # E|z| for z ~ N(0, 1)
+from .base import TIMESTEP, Attack, check_timesteps, either, number, sequence
 
 
 class PIA(Attack):
-    """PIA (Kong et al. 2023, SPEC 3.6). Threat model: white-box query access.
+    """PIA (Kong et al. 2023). Threat model: white-box query access.
 
     Arguments: ``t`` (default 200; a tuple of t's is a sweep sharing the single eps_0 query: the primary
     score is the first t, variants ``pia[t=...]``), ``p`` (default 4, the exponent of the per-pixel
@@ -40,53 +45,41 @@ class PIA(Attack):
     paper = ("Kong et al. 2023, An Efficient Membership Inference Attack for the Diffusion Model by Proximal "
              "Initialization")
     threat_model = "white-box"
-    normalize = False
+    _parameter_constraints = {"t": either(TIMESTEP, sequence(TIMESTEP, distinct=True)),
+                              "p": number(0, strict=True)}
 
     def __init__(self, t=200, p: float = 4):
         self.t = t
         self.p = p
 
     def _ts(self) -> tuple[int, ...]:
-        ts = tuple(int(x) for x in self.t) if isinstance(self.t, (list, tuple)) else (int(self.t),)
-        if not ts or len(set(ts)) != len(ts):
-            raise DiffmiaError(f"{self.name}: t must be one timestep or distinct timesteps, got {self.t!r}")
-        return ts
+        return tuple(int(x) for x in self.t) if isinstance(self.t, (list, tuple)) else (int(self.t),)
 
-    def queries_per_sample(self) -> int:
+    def _queries(self, num_train_timesteps):
         return 1 + len(self._ts())
 
-    def features(self, target, images, cond=None, seeds=None):
-        if not self.p > 0:
-            raise DiffmiaError(f"{self.name}: p must be positive, got {self.p}")
+    def _initial_noise(self, eps0):
+        """eps_0 as the attack uses it (PIA: unchanged; PIAN rescales it)."""
+        return eps0
+
+    def _features(self, target, images, cond, seeds, cache):
         ts = check_timesteps(list(self._ts()), target, self.name)
-        x0 = target.to_model_space(check_images(images, self.name))
+        x0 = target.to_model_space(images)
         abar = target.alphas_cumprod
-        eps0 = target.eps(x0, 0, cond)                                 # eps_0 = eps_theta(x0, 0)
-        if self.normalize:                                             # PIAN: mean |eps_0| = sqrt(2/pi)
-            scale = eps0.flatten(1).abs().mean(1).clamp_min(1e-12)
-            eps0 = eps0 * (GAUSS_MEAN_ABS / scale).view(-1, *([1] * (eps0.ndim - 1)))
+        eps0 = self._initial_noise(target.eps(x0, 0, cond))          # (P1) eps_0 = eps_theta(x0, 0)
         out = {}
         for t in ts:
-            x_t = ops.q_sample(abar, x0, t, eps0)                      # x_t = sqrt(abar) x0 + sqrt(1-abar) eps_0
-            r = (eps0 - target.eps(x_t, t, cond)).abs().pow(self.p)    # |eps_0 - eps_theta(x_t, t)|^p
-            out[f"r_{t}"] = r.flatten(1).double().sum(1).cpu().numpy()  # summed, no root
+            x_t = ops.q_sample(abar, x0, t, eps0)                      # (P2) x_t = sqrt(abar) x0 + sqrt(1-abar) eps_0
+            r = (eps0 - target.eps(x_t, t, cond)).abs().pow(self.p)    # (P3) |eps_0 - eps_theta(x_t, t)|^p
+            out[f"r_{t}"] = r.flatten(1).double().sum(1).cpu().numpy()  # summed over pixels, no root
         return out
 
-    def scores(self, features):
+    def _scores(self, features):
         ts = self._ts()
         missing = [t for t in ts if f"r_{t}" not in features]
         if missing:
             raise DiffmiaError(f"{self.name}: features lack t={missing}; score with the t's they were computed with")
-        out = {self.name: -np.asarray(features[f"r_{ts[0]}"])}         # score = -R
+        out = {self.name: -np.asarray(features[f"r_{ts[0]}"])}         # (P4) score = -R_t
         if len(ts) > 1:
             out.update({f"{self.name}[t={t}]": -np.asarray(features[f"r_{t}"]) for t in ts})
         return out
-
-
-class PIAN(PIA):
-    """PIAN (Kong et al. 2023, SPEC 3.6): PIA with eps_0 rescaled per sample to mean |eps_0| = sqrt(2/pi)
-    (that of N(0, I)) before it is used, both to build x_t and in the error. Same arguments, queries and
-    score as :class:`PIA` (variants ``pian[t=...]``)."""
-
-    name = "pian"
-    normalize = True

@@ -1,7 +1,11 @@
-"""Targets: what the attacks query. Model access (NoisePredictor) and API access (GenerationAPI)."""
+"""Targets: what the attacks query. Model access (NoisePredictor), API access (GenerationAPI) and the
+target folder on disk (TargetFolder)."""
 
-from .api import CallableAPI, DiffusersAPI, GenerationAPI
+from .api import CallableAPI, GenerationAPI
 from .base import NoisePredictor, resolve_device
 from .diffusers import DiffusersTarget
+from .diffusers_api import DiffusersAPI
+from .folder import TargetFolder
 
-__all__ = ["NoisePredictor", "DiffusersTarget", "resolve_device", "GenerationAPI", "DiffusersAPI", "CallableAPI"]
+__all__ = ["NoisePredictor", "DiffusersTarget", "resolve_device", "GenerationAPI", "DiffusersAPI", "CallableAPI",
+           "TargetFolder"]

@@ -1,4 +1,4 @@
-"""Generation-API targets: what gray-box and black-box attacks may touch (SPEC 3.3, 3.4, 3.7).
+"""Generation-API targets: what gray-box and black-box attacks may touch.
 
 An API attack sees a diffusion model only as an image service with two calls (:class:`GenerationAPI`):
 
@@ -18,9 +18,9 @@ Images are float tensors N x C x H x W in [-1, 1] both ways. Neither call expose
 
 Implementations:
 
-* :class:`DiffusersAPI`: a local diffusers pixel-space pipeline folder (``unet/`` + ``scheduler/``, as
-  ``diffmia train`` writes). The network is held in a private attribute; nothing public predicts noise.
-  It counts its calls (``generate_calls``, ``transform_calls``), the images it produced
+* :class:`~diffmia.targets.diffusers_api.DiffusersAPI` (``diffusers_api.py``): a local diffusers
+  pixel-space target folder, as ``diffmia train`` writes it. The network is held in a private
+  attribute; nothing public predicts noise. It counts its calls (``generate_calls``, ``transform_calls``), the images it produced
   (``images_generated``, ``images_transformed``) and the network evaluations they cost
   (``model_evaluations``).
 * :class:`CallableAPI`: wraps two user functions, so a remote service is a few lines.
@@ -31,15 +31,12 @@ returns a view holding only the protocol's methods, so attack code cannot reach 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from .. import ops
-from ..errors import DiffmiaError, TargetError
+from ..errors import DiffmiaError
 
 
 @runtime_checkable
@@ -143,11 +140,11 @@ def api_view(obj, attack: str, needs: tuple[str, ...] = ("generate", "transform"
     if has_noise_predictor(obj):
         raise DiffmiaError(f"{attack}: is an API attack and takes a GenerationAPI, but {type(obj).__name__} "
                            "exposes a noise predictor; wrap the model folder with "
-                           "diffmia.targets.api.DiffusersAPI.from_pretrained(folder)")
+                           "diffmia.targets.DiffusersAPI.from_pretrained(folder)")
     missing = [m for m in needs if not callable(getattr(obj, m, None))]
     if missing:
         raise DiffmiaError(f"{attack}: the API object {type(obj).__name__} lacks {missing}; "
-                           "see diffmia.targets.api.GenerationAPI")
+                           "see diffmia.targets.GenerationAPI")
     v = _APIView()
     v.generate = getattr(obj, "generate", None)
     v.transform = getattr(obj, "transform", None)
@@ -155,178 +152,6 @@ def api_view(obj, attack: str, needs: tuple[str, ...] = ("generate", "transform"
     v.identity = ident if callable(ident) else (lambda: None)
     v.num_train_timesteps = int(getattr(obj, "num_train_timesteps", 1000))
     return v
-
-
-# ------------------------------------------------------------------------------------------- diffusers
-class DiffusersAPI:
-    """A local diffusers pixel-space model served as a :class:`GenerationAPI`.
-
-    Parameters: ``unet`` (a ``UNet2DModel``), ``alphas_cumprod`` (the scheduler's), ``prediction_type``,
-    ``device`` ('cpu' | 'cuda' | 'auto'), ``batch_size`` (images per network call),
-    ``generate_sampler`` ('ddpm': ancestral, default; 'ddim': deterministic) and ``generate_steps``
-    (reverse steps for ``generate``, spread evenly over 0..T-1; default 100, as the sample grids of
-    ``diffmia train``), ``transform_sampler`` ('ddim', deterministic, default; or 'ddpm'),
-    ``clip_sample`` (clip each x0 estimate to [-1, 1] inside the reverse process, as the diffusers
-    schedulers do with ``clip_sample=True``; :meth:`from_pretrained` reads it from the scheduler),
-    ``quantize`` (round outputs to 256 levels, like a service returning 8-bit images; default False).
-
-    Sampling (both calls), at steps tau_0 > ... > tau_{K-1} = 0: x0_hat = (x - sqrt(1-abar) e)/sqrt(abar)
-    (clipped if ``clip_sample``); DDIM: x_next = sqrt(abar_next) x0_hat + sqrt(1-abar_next) e; DDPM:
-    a draw from the posterior q(x_next | x, x0_hat) between the two steps (the strided DDPM step of
-    diffusers); the output is x0_hat at tau = 0. Every random draw comes from ``ops.sample_noise`` keyed
-    by the image's seed, so image i of ``generate(n, seed)`` equals image i of ``generate(m, seed)``.
-    The initial noise of ``transform`` for seed s at t_start is the noise the loss attack uses for sample
-    seed s at t = t_start (``ops.sample_noise(shape, [s], salt=t_start)``).
-    """
-
-    SAMPLERS = ("ddpm", "ddim")
-
-    def __init__(self, unet, alphas_cumprod, prediction_type: str = "epsilon", device: str = "auto",
-                 batch_size: int = 256, generate_sampler: str = "ddpm", generate_steps: int = 100,
-                 transform_sampler: str = "ddim", clip_sample: bool = True, quantize: bool = False):
-        from .diffusers import DiffusersTarget
-
-        for k, v in (("generate_sampler", generate_sampler), ("transform_sampler", transform_sampler)):
-            if v not in self.SAMPLERS:
-                raise TargetError(f"{k} must be one of {self.SAMPLERS}, got {v!r}")
-        self.__model = DiffusersTarget(unet, alphas_cumprod, prediction_type, device, batch_size)
-        self.num_train_timesteps = self.__model.num_train_timesteps
-        if not isinstance(generate_steps, (int, np.integer)) or not 1 <= generate_steps <= self.num_train_timesteps:
-            raise TargetError(f"generate_steps must be 1..{self.num_train_timesteps}, got {generate_steps!r}")
-        self.image_shape = self.__model.sample_shape
-        self.generate_sampler = generate_sampler
-        self.generate_steps = int(generate_steps)
-        self.transform_sampler = transform_sampler
-        self.clip_sample = bool(clip_sample)
-        self.quantize = bool(quantize)
-        self.source = None
-        self.generate_calls = 0
-        self.transform_calls = 0
-        self.images_generated = 0
-        self.images_transformed = 0
-        self.__identity = None
-
-    @classmethod
-    def from_pretrained(cls, path, weights: str = "ema", device: str = "auto", batch_size: int = 256,
-                        **kwargs) -> "DiffusersAPI":
-        """Serve a local target folder (``unet/`` or ``unet_raw/`` + ``scheduler/``); ``kwargs`` as in the
-        constructor (``clip_sample`` defaults to the scheduler's setting)."""
-        from .diffusers import DiffusersTarget
-
-        t = DiffusersTarget.from_pretrained(path, weights=weights, device=device, batch_size=batch_size)
-        if "clip_sample" not in kwargs:
-            try:
-                from pathlib import Path
-
-                cfg = json.loads((Path(path) / "scheduler" / "scheduler_config.json").read_text())
-                kwargs["clip_sample"] = bool(cfg.get("clip_sample", True))
-            except (OSError, ValueError):
-                pass
-        api = cls(t.unet, t.alphas_cumprod, t.prediction_type, t.device, batch_size, **kwargs)
-        api.source = str(path)
-        return api
-
-    # -- bookkeeping
-    @property
-    def model_evaluations(self) -> int:
-        """Network evaluations (one per image per reverse step) spent by all calls so far."""
-        return self.__model.queries
-
-    @property
-    def api_calls(self) -> int:
-        return self.generate_calls + self.transform_calls
-
-    @property
-    def device(self) -> torch.device:
-        return self.__model.device
-
-    def identity(self) -> str:
-        """sha256 of the weights, the schedule and the sampling settings (keys caches of generated sets)."""
-        if self.__identity is None:
-            h = hashlib.sha256()
-            for name, v in sorted(self.__model.unet.state_dict().items()):
-                h.update(name.encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
-            h.update(self.__model.alphas_cumprod.numpy().tobytes())
-            h.update(json.dumps([self.__model.prediction_type, self.generate_sampler, self.generate_steps,
-                                 self.transform_sampler, self.clip_sample, self.quantize]).encode())
-            self.__identity = "diffusers-api:" + h.hexdigest()
-        return self.__identity
-
-    def __repr__(self) -> str:
-        return (f"DiffusersAPI(source={self.source!r}, generate={self.generate_sampler}x{self.generate_steps}, "
-                f"transform={self.transform_sampler})")
-
-    # -- sampling
-    def _out(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().clamp(-1, 1)
-        if self.quantize:
-            x = torch.round((x + 1) * 127.5) / 127.5 - 1
-        return x.cpu()
-
-    @torch.inference_mode()
-    def _reverse(self, x, steps, seeds, sampler: str, salt0: int, keep: bool):
-        """Run the reverse process from x at steps[0]; returns (final, {step: x0_hat})."""
-        m = self.__model
-        abar = m.alphas_cumprod
-        inter = {}
-        x0_hat = None
-        for k, t in enumerate(steps):
-            e = m.eps(x, t)
-            x0_hat = ops.predict_x0(abar, x, t, e)
-            if self.clip_sample:
-                x0_hat = x0_hat.clamp(-1, 1)
-            if keep:
-                inter[int(t)] = self._out(x0_hat)
-            if k + 1 == len(steps):
-                break
-            s = steps[k + 1]
-            a_t, a_s = float(abar[t]), float(abar[s])
-            if sampler == "ddim":
-                x = a_s ** 0.5 * x0_hat + (1 - a_s) ** 0.5 * e
-            else:  # posterior q(x_s | x_t, x0_hat) of the strided chain (DDPM eq. 6-7 with abar_t / abar_s)
-                beta = 1 - a_t / a_s
-                mean = (a_s ** 0.5 * beta / (1 - a_t)) * x0_hat + ((1 - beta) ** 0.5 * (1 - a_s) / (1 - a_t)) * x
-                var = beta * (1 - a_s) / (1 - a_t)
-                z = ops.sample_noise(x.shape[1:], seeds, salt=salt0 + k + 1, device=x.device)
-                x = mean + var ** 0.5 * z
-        return self._out(x0_hat), inter
-
-    def generate(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` samples (N x C x H x W in [-1, 1]); image i depends only on (seed, i)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise DiffmiaError(f"generate: n must be a positive integer, got {n!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise DiffmiaError(f"generate: seed must be an integer, got {seed!r}")
-        T = self.num_train_timesteps
-        steps = tuple(int(round(t)) for t in np.linspace(T - 1, 0, self.generate_steps)) \
-            if self.generate_steps > 1 else (T - 1,)
-        seeds = np.arange(int(n), dtype=np.int64)
-        salt0 = 50_000_000 + int(seed) * 10_007
-        self.generate_calls += 1
-        out = []
-        bs = max(1, self.__model.batch_size)
-        for i in range(0, n, bs):
-            sb = seeds[i:i + bs]
-            x = ops.sample_noise(self.image_shape, sb, salt=salt0, device=self.device)
-            final, _ = self._reverse(x, steps, sb, self.generate_sampler, salt0, keep=False)
-            out.append(final)
-        self.images_generated += int(n)
-        return torch.cat(out)
-
-    def transform(self, images, t_start: int, num_steps: int, seed=0, return_intermediates: bool = True):
-        """Image-to-image from ``t_start`` in ``num_steps`` steps (module docstring). Returns
-        ``(final, intermediates)``; ``intermediates`` is ``{}`` when ``return_intermediates`` is False."""
-        x0 = _as_images(images, "transform", shape=self.image_shape)
-        steps = transform_timesteps(t_start, num_steps, self.num_train_timesteps)
-        seeds = per_image_seeds(seed, len(x0))
-        noise = ops.sample_noise(x0.shape[1:], seeds, salt=steps[0], device=self.device)
-        x = ops.q_sample(self.__model.alphas_cumprod, x0.to(self.device), steps[0], noise)
-        self.transform_calls += 1
-        final, inter = self._reverse(x, steps, seeds, self.transform_sampler,
-                                     10_000_000 + steps[0] * 1_000, keep=return_intermediates)
-        self.images_transformed += len(x0)
-        return final, inter
 
 
 # ------------------------------------------------------------------------------------------- callables

@@ -1,4 +1,4 @@
-"""The only surface model-access attacks touch: a noise predictor (SPEC section 1)."""
+"""The only surface model-access attacks touch: a noise predictor eps_theta(x_t, t, cond)."""
 
 from __future__ import annotations
 

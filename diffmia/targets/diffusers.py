@@ -1,20 +1,16 @@
-"""Targets built from ``diffusers`` models saved in a local folder.
-
-Folder layout (also what ``diffmia train`` writes, and a valid ``DDPMPipeline`` folder):
-``unet/`` (config.json + diffusion_pytorch_model.safetensors; EMA weights when trained by diffmia),
-``unet_raw/`` (optional raw weights), ``scheduler/`` (scheduler_config.json).
-"""
+"""Model-access targets built from ``diffusers`` models saved in a local folder (layout: ``folder.py``)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import time
 
 import torch
 
 from .. import ops
 from ..errors import TargetError
 from .base import resolve_device
+from .folder import TargetFolder, sample_size
 
 
 class DiffusersTarget:
@@ -43,37 +39,25 @@ class DiffusersTarget:
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
-        cfg = self.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        return (cfg.in_channels, size, size)
+        size = sample_size(self.unet.config)
+        return (self.unet.config.in_channels, size, size)
 
     @classmethod
     def from_pretrained(cls, path, weights: str = "ema", device: str = "auto",
                         batch_size: int = 256) -> "DiffusersTarget":
-        """Load a local folder (see module doc). ``weights``: 'ema' (``unet/``) or 'raw' (``unet_raw/``)."""
+        """Load a local target folder (:class:`~diffmia.targets.folder.TargetFolder`). ``weights``: 'ema'
+        (``unet/``) or 'raw' (``unet_raw/``)."""
         from diffusers import DDPMScheduler, UNet2DModel
 
-        path = Path(path)
-        if not path.is_dir():
-            raise TargetError(f"{path}: target folder not found")
-        sub = {"ema": "unet", "raw": "unet_raw"}.get(weights)
-        if sub is None:
-            raise TargetError(f"weights must be 'ema' or 'raw', got {weights!r}")
-        unet_dir = path / sub
-        if not (unet_dir / "config.json").exists():
-            hint = " (this target has no raw weights)" if weights == "raw" else ""
-            raise TargetError(f"{unet_dir}: no diffusers UNet here (config.json missing){hint}")
-        if not any(unet_dir.glob("*.safetensors")):
-            raise TargetError(f"{unet_dir}: no .safetensors weights (diffmia never unpickles .bin files)")
-        sched_dir = path / "scheduler"
-        if not (sched_dir / "scheduler_config.json").exists():
-            raise TargetError(f"{sched_dir}: scheduler_config.json missing")
+        folder = TargetFolder.open(path)
+        unet_dir = folder.checked_unet_dir(weights)
+        sched_dir = folder.checked_scheduler_dir()
         try:
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True,
                                                low_cpu_mem_usage=False)
             sched = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
         except (OSError, ValueError, json.JSONDecodeError) as e:
-            raise TargetError(f"{path}: cannot load the model ({e})") from None
+            raise TargetError(f"{folder.path}: cannot load the model ({e})") from None
         t = cls(unet, sched.alphas_cumprod, sched.config.prediction_type, device, batch_size)
         t.source = str(path)
         return t
@@ -87,8 +71,6 @@ class DiffusersTarget:
     @torch.inference_mode()
     def eps(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
         """eps_theta(x_t, t, cond), in batches of ``batch_size``; counts one query per image."""
-        import time
-
         n = x_t.shape[0]
         if not torch.is_tensor(t) or t.ndim == 0:
             t = torch.full((n,), int(t), dtype=torch.long)
