@@ -1,10 +1,13 @@
 """The command line end to end (train -> attack -> metrics -> report) and its one-line errors."""
 
+import csv
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from diffmia.cli import main, parse_params
 from diffmia.errors import DiffmiaError
@@ -34,6 +37,12 @@ def test_train_then_attack_then_report(tmp_path, capsys):
     assert (run / "roc.png").exists() and (run / "roc_loglog.png").exists()
     lines = (run / "scores" / "loss.csv").read_text().splitlines()
     assert lines[0].startswith("id,is_member,calibration,loss") and len(lines) == 137
+    # the numbers, not only the keys: recomputed from the per-sample CSV with scikit-learn
+    rows = list(csv.DictReader(lines))
+    test = [row for row in rows if row["calibration"] == "0"]
+    y = [int(row["is_member"]) for row in test]
+    assert r["auc"] == pytest.approx(roc_auc_score(y, [float(row[r["variant"]]) for row in test]), abs=1e-6)
+    assert sum(y) == 8 and len(test) == 68
     # resume: a second run reuses every cached chunk and gives the same scores
     before = (run / "scores" / "loss.csv").read_text()
     chunks = sorted((run / "features").rglob("chunk_*.npz"))
@@ -84,9 +93,35 @@ def test_list_and_help(capsys):
         assert e.value.code == 0 and "usage: diffmia" in capsys.readouterr().out
 
 
-def test_multiprocess_scoring_matches_single_process(tmp_path):
-    import numpy as np
+def test_attack_on_the_memorised_fixture_reports_its_leak(tmp_path, capsys):
+    """End to end on a model that memorised its members: the run must find the leak (values checked),
+    the blind baseline must not, and metrics.json, the CSV and report.md must agree."""
+    run = tmp_path / "run"
+    assert main(["attack", "--target", "tests/fixtures/memorised", "--attacks", "pia,loss", "--param",
+                 "loss.timesteps=100", "--n-nonmembers", "64", "--out", str(run), "--device", "cpu",
+                 "--n-boot", "100", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["n_members"], m["n_nonmembers"]) == (32, 64) and list(m["attacks"]) == ["pia", "loss", "blind"]
+    pia, loss, blind = (m["attacks"][k] for k in ("pia", "loss", "blind"))
+    assert (pia["n_members"], pia["n_nonmembers"]) == (16, 32)               # the test half
+    assert pia["auc"] >= 0.85 and loss["auc"] >= 0.85                       # measured 0.97 / 0.96
+    assert pia["auc_ci"][0] > 0.5 and pia["auc_ci"][0] <= pia["auc"] <= pia["auc_ci"][1]
+    assert abs(blind["auc"] - 0.5) < 0.3 and blind["auc"] < pia["auc"]
+    assert pia["measured_queries_per_sample"] == pia["queries_per_sample"] == 2
+    assert loss["measured_queries_per_sample"] == loss["queries_per_sample"] == 1
+    assert pia["tpr_at_1pct_fpr"] is None and not pia["tpr_at_1pct_fpr_resolvable"]   # 32 test non-members
+    assert 0.5 < pia["calibrated"]["balanced_accuracy"] <= 1 and m["shift"]["p_value"] > 0.01
+    with open(run / "scores" / "pia.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["calibration"] == "0"]
+    y = np.array([int(r["is_member"]) for r in rows])
+    s = np.array([float(r["pia"]) for r in rows])
+    assert pia["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+    report = (run / "report.md").read_text()
+    assert f"| pia | white-box | pia | {pia['auc']:.3f}" in report
+    assert "pia" in capsys.readouterr().out
 
+
+def test_multiprocess_scoring_matches_single_process(tmp_path):
     from diffmia.run import RunConfig, run_attacks
     from diffmia.scores import Scores
 

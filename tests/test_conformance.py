@@ -40,3 +40,68 @@ def test_model_attack_features_scores_contract(name, memorised_target, eval_set)
         atk.fit(f, is_member[sel])
     v = atk.scores(f)
     assert v and all(s.shape == (len(sel),) and np.isfinite(s).all() for s in v.values())
+
+
+def test_file_names_equal_registry_names():
+    """One file per registry entry, named after it; helpers shared by two attacks start with '_'."""
+    from pathlib import Path
+
+    import diffmia.attacks as pkg
+
+    for name, cls in ATTACKS.items():
+        assert cls.__module__ == f"diffmia.attacks.{name}", (name, cls.__module__)
+    files = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")}
+    assert {f for f in files if not f.startswith("_")} - {"base"} == set(ATTACKS)
+
+
+# Small parameters so that every attack's features run in well under a second on the fixture.
+SMALL = {"forensics": {"grid_stride": 250}, "secmi": {"t_sec": 20}, "secmi_nns": {"t_sec": 20},
+         "forensics_graybox": {"t_start": 20, "num_steps": 2}, "observers": {"t_start": 20, "num_steps": 2},
+         "ganleaks": {"n_generated": 4, "cache_dir": False}, "monte_carlo_set": {"n_generated": 4, "cache_dir": False}}
+
+
+@pytest.fixture(scope="module")
+def fixture_api(memorised_dir):
+    from diffmia.targets import DiffusersAPI
+
+    return DiffusersAPI.from_pretrained(memorised_dir, device="cpu", generate_sampler="ddim", generate_steps=2)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_features_leave_the_attack_unchanged_and_reuse_the_callers_cache(name, memorised_target, fixture_api,
+                                                                        eval_set):
+    import pickle
+
+    x, _, ids = eval_set
+    cls = ATTACKS[name]
+    target = {"model": memorised_target, "api": fixture_api, "none": None}[cls.access]
+    atk = cls(**SMALL.get(name, {}))
+    before = pickle.dumps(atk)
+    cache: dict = {}
+    calls = fixture_api.generate_calls
+    f = atk.features(target, x[:3], seeds=ids[:3], cache=cache)
+    assert pickle.dumps(atk) == before and set(vars(atk)) == set(cls._param_names())   # no side effect
+    again = atk.features(target, x[:3], seeds=ids[:3], cache=cache)
+    assert all(np.array_equal(f[k], again[k]) for k in f)
+    if name in ("ganleaks", "monte_carlo_set"):          # the generated set came from the cache the 2nd time
+        assert fixture_api.generate_calls == calls + 1 and cache
+    if name == "observers":
+        assert any(k[0] == "feature_net" for k in cache)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_parameter_is_declared_and_checked(name):
+    from diffmia.errors import DiffmiaError
+
+    cls = ATTACKS[name]
+    assert set(cls._parameter_constraints) == set(cls._param_names()), "declare a constraint per parameter"
+    for param, constraint in cls._parameter_constraints.items():
+        if constraint.ok(object()):                       # 'anything' (paths, devices, API objects)
+            continue
+        with pytest.raises(DiffmiaError, match=f"{name}: {param} must be"):
+            cls(**{param: object()}).check_params()
+        with pytest.raises(DiffmiaError, match=f"{name}: {param} must be"):
+            cls(**{param: object()}).queries_per_sample()
+    if cls.learned:
+        with pytest.raises(DiffmiaError, match="learned attack: call fit"):
+            cls().scores({})

@@ -381,3 +381,33 @@ def test_secmi_nns_on_fixture(fixture_features, eval_set):
     assert aucs["memorised"] >= 0.65, aucs
     # 16 + 16 test rows: the null AUC has sd 0.10, so 0.35 is 3.4 sd
     assert abs(aucs["untrained"] - 0.5) < 0.35, aucs
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_forensics_draws_the_loss_attacks_noise_for_every_seed(seed):
+    """The docstring promise (stream table in diffmia.ops): forensics' eps-trajectory at t is the loss
+    attack's loss at t with the same seed, for any seed, not only the default."""
+    x0, ids = images(3), np.array([5, 6, 7])
+    f = ForensicsWhiteBox(timesteps=[40, 200], seed=seed).features(affine(), x0, seeds=ids)
+    loss = LossAttack(timesteps=(40, 200), seed=seed).features(affine(), x0, seeds=ids)
+    np.testing.assert_allclose(f["traj_eps"], np.stack([loss["l_40"], loss["l_200"]], 1), rtol=1e-6)
+    other = LossAttack(timesteps=(200,), seed=seed + 1).features(affine(), x0, seeds=ids)
+    assert not np.allclose(f["traj_eps"][:, 1], other["l_200"])
+
+
+def test_pia_ranking_equals_the_papers_point_distance():
+    """PIA's docstring: the paper's l_p distance between the DDIM point x_{t-1} predicted from x_t and the
+    ground-truth x_{t-1} (both built with eps_0) is c_t^p * R_t, so it ranks samples as R_t does."""
+    x0, t, p = images(5), 200, 4
+    target = affine()
+    abar = target.alphas_cumprod
+    r = PIA(t=t, p=p).features(affine(), x0)[f"r_{t}"]
+    eps0 = target.eps(x0, 0)
+    x_t = ops.q_sample(abar, x0, t, eps0)
+    predicted = ops.ddim_move(abar, x_t, t, t - 1, target.eps(x_t, t))
+    truth = ops.q_sample(abar, x0, t - 1, eps0)
+    dist = (predicted - truth).abs().pow(p).flatten(1).double().sum(1).numpy()
+    a_t, a_s = float(abar[t]), float(abar[t - 1])
+    c_t = math.sqrt(a_s) * math.sqrt(1 - a_t) / math.sqrt(a_t) - math.sqrt(1 - a_s)
+    np.testing.assert_allclose(dist, abs(c_t) ** p * r, rtol=1e-3)
+    assert (np.argsort(dist) == np.argsort(r)).all()

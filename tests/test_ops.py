@@ -58,3 +58,38 @@ def test_noise_depends_only_on_stream_sample_and_key():
     b = ops.noise("loss", (1, 4, 4), [7], t=3)
     assert torch.equal(a[2], b[0]) and not torch.equal(a[0], a[1])
     assert not torch.equal(a[0], ops.noise("loss", (1, 4, 4), [5], t=4)[0])
+
+
+def test_noise_streams_reproduce_earlier_draws():
+    """Golden values of every stream, drawn with diffmia 0.1 (before the streams had names): the same seed
+    must keep giving the same noise, or published scores stop being reproducible."""
+    golden = [
+        (ops.noise("loss", (3,), [11], seed=2, t=150), [0.9305695295, 1.0079705715, 0.4285373390]),
+        (ops.noise("forensics", (3,), [11], seed=2, t=150), [0.9305695295, 1.0079705715, 0.4285373390]),
+        (ops.noise("transform", (3,), [4], t=300), [-1.6450263262, 0.2947853506, 1.6166309119]),
+        (ops.noise("transform_step", (3,), [4], t=300, step=2), [0.1846920550, 0.2253839672, -0.7695192099]),
+        (ops.noise("generate", (3,), [5], seed=3, step=0), [-0.0060992986, -1.0970057249, -1.1457512379]),
+        (ops.noise("generate", (3,), [5], seed=3, step=1), [-1.3439583778, 1.4074363708, -0.3727702200]),
+        (torch.randn(3, generator=ops.generator("train", seed=1, step=7)), [1.3652513027, -0.2609619498, -0.3973098099]),
+    ]
+    for got, want in golden:
+        torch.testing.assert_close(got.flatten(), torch.tensor(want), rtol=0, atol=1e-7)
+    assert ops.stream_seed("api_request", 12, seed=0) == 12 and ops.stream_seed("api_request", 12, seed=1) == 1_000_000_019
+
+
+def test_documented_stream_agreements():
+    """The promises of the stream table: forensics draws the loss attack's noise for every seed; with seed 0
+    an image-to-image call for request seed s starts from the loss attack's noise of sample s at t_start."""
+    for seed in (0, 3):
+        torch.testing.assert_close(ops.noise("forensics", (1, 4, 4), [2, 9], seed=seed, t=40),
+                                   ops.noise("loss", (1, 4, 4), [2, 9], seed=seed, t=40), rtol=0, atol=0)
+    torch.testing.assert_close(ops.noise("transform", (1, 4, 4), [2, 9], t=300),
+                               ops.noise("loss", (1, 4, 4), [2, 9], seed=0, t=300), rtol=0, atol=0)
+    assert not torch.equal(ops.noise("transform", (1, 4, 4), [2], t=300),
+                           ops.noise("loss", (1, 4, 4), [2], seed=1, t=300))
+    try:
+        ops.noise("nope", (1,), [0])
+    except ValueError as e:
+        assert "unknown noise stream" in str(e)
+    else:
+        raise AssertionError("an unknown stream must be refused")
