@@ -54,7 +54,7 @@ def main(argv=None):
 
     rows = []
     for name, r in report["attacks"].items():
-        rows.append({"attack": name, "threat_model": r["threat_model"], "variant": r["variant"],
+        rows.append({"attack": name, "threat_model": r["threat_model"], "params": r["params"], "variant": r["variant"],
                      "auc": r["auc"], "auc_ci": r.get("auc_ci"),
                      "tpr_at_1pct_fpr": r["tpr_at_1pct_fpr"], "tpr_at_1pct_fpr_ci": r.get("tpr_at_1pct_fpr_ci"),
                      "tpr_at_0.1pct_fpr": r["tpr_at_0.1pct_fpr"],
