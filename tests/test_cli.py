@@ -59,6 +59,8 @@ def test_train_then_attack_then_report(tmp_path, capsys):
     (["attack", "--target", "/nonexistent", "--out", "/tmp/x"], "target folder not found"),
     (["attack", "--target", "tests/fixtures/memorised", "--attacks", "nope", "--out", "/tmp/x"], "unknown attack 'nope'"),
     (["attack", "--target", "tests/fixtures/memorised", "--param", "loss.bogus=1", "--out", "/tmp/x"], "no parameter"),
+    (["attack", "--target", "tests/fixtures/memorised", "--attacks", "pia", "--param", "pia.p=-1", "--out", "/tmp/x"],
+     "pia: p must be a positive number, got -1"),
     (["attack", "--target", "tests/fixtures/memorised", "--split", "/missing.json", "--out", "/tmp/x"], "split file not found"),
     (["train", "--out", "/tmp/x", "--channels", "a,b"], "--channels must be integers"),
     (["report", "/nonexistent"], "not a run folder"),
