@@ -12,14 +12,14 @@ the tags follow the steps rather than the paper's equation numbers):
   *proximal initialisation* of the deterministic (DDIM, eta = 0) trajectory through x0 instead of a
   random noise draw;
 * (P2) x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps_0: the ground-truth point of that trajectory at t;
-* (P3) R_t = sum_pixels |eps_0 - eps_theta(x_t, t)|^p with p = 4 (the paper's l4 distance; the reference
-  code sums the 4th powers and takes no root, so neither do we);
-* (P4) score = -R_t: a member's noise estimates agree along its own trajectory, so R_t is small.
+* (P3) R_{t,p} = sum_pixels |eps_0 - eps_theta(x_t, t)|^p with p = 4: the paper's attack metric R_{t,p},
+  an l_p distance (the reference code sums the 4th powers and takes no root, so neither do we);
+* (P4) score = -R_{t,p}: a member's noise estimates agree along its own trajectory, so R is small.
 
 The paper phrases the distance between the *points* x_{t-1} predicted from x_t and the ground-truth
 x_{t-1}; with a deterministic DDIM step both are affine in the noise, and their difference is
 c_t (eps_0 - eps_theta(x_t, t)) with c_t = sqrt(abar_{t-1}) sqrt(1-abar_t)/sqrt(abar_t) - sqrt(1-abar_{t-1}),
-a constant for a fixed t: the ranking of samples (and every metric) is that of R_t.
+a constant for a fixed t: the ranking of samples (and every metric) is that of R_{t,p} (tested).
 
 Queries per sample: 1 + number of t's (one eps_0 shared by a sweep over t).
 """
@@ -79,7 +79,7 @@ class PIA(Attack):
         missing = [t for t in ts if f"r_{t}" not in features]
         if missing:
             raise DiffmiaError(f"{self.name}: features lack t={missing}; score with the t's they were computed with")
-        out = {self.name: -np.asarray(features[f"r_{ts[0]}"])}         # (P4) score = -R_t
+        out = {self.name: -np.asarray(features[f"r_{ts[0]}"])}         # (P4) score = -R_{t,p}
         if len(ts) > 1:
             out.update({f"{self.name}[t={t}]": -np.asarray(features[f"r_{t}"]) for t in ts})
         return out
