@@ -1,4 +1,4 @@
-"""``diffmia`` command line: train | attack | report | list | split | demo.
+"""``diffmia`` command line: train | attack | report | list | split | convert | demo.
 
 A user mistake (missing file, unknown attack, bad option) prints one line ``diffmia: error: ...`` and
 exits with status 2; nothing already computed is lost (features are cached per chunk in the run folder).
@@ -127,10 +127,25 @@ def cmd_list(a) -> int:
 def cmd_split(a) -> int:
     from .data import MembershipSplit, load_dataset
 
+    fmt = a.format or ("secmi" if a.out.endswith(".npz") else "json")
+    if (fmt == "secmi") != a.out.endswith(".npz"):
+        raise DiffmiaError(f"--format {fmt} writes {'an .npz' if fmt == 'secmi' else 'a .json'} file; "
+                           f"--out {a.out!r} has another suffix")
     data = load_dataset(a.data, a.data_root)
     split = MembershipSplit.random(data, a.n_members, a.n_nonmembers, seed=a.seed)
     split.save(a.out)
-    print(f"{a.out}: {len(split.members)} members, {len(split.nonmembers)} non-members of {data.name}")
+    print(f"{a.out}: {len(split.members)} members, {len(split.nonmembers)} non-members of {data.name}"
+          + (" (SecMI/PIA format: mia_train_idxs, mia_eval_idxs)" if fmt == "secmi" else ""))
+    return 0
+
+
+def cmd_convert(a) -> int:
+    from .targets.pytorch_ddpm import convert
+
+    folder = convert(a.checkpoint, a.out, weights=a.weights, image_size=a.image_size, split=a.split)
+    rec = json.loads(folder.conversion_json.read_text())
+    print(f"target written to {folder.path}: {', '.join(f'{folder.unet_dir(w).name}/ <- {k}' for w, k in rec['weights'].items())}"
+          f" (source sha256 {rec['source_sha256'][:12]}...)")
     return 0
 
 
@@ -158,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                     help="attack parameter, e.g. pia.t=100,200 (repeatable)")
     at.add_argument("--out", required=True, help="run folder (rerun to resume)")
-    at.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:test], an image folder or an .npz")
-    at.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST IDX files")
+    at.add_argument("--data", default="fashion-mnist",
+                    help="fashion-mnist[:test], cifar10, cifar100, stl10[:unlabeled], an image folder or an .npz")
+    at.add_argument("--data-root", default=None,
+                    help="Fashion-MNIST IDX folder, or the CIFAR/STL-10 binary archive (.tar.gz) or its folder")
     at.add_argument("--split", default=None, help="split file (.json or SecMI .npz); default <target>/split.json")
     at.add_argument("--n-members", type=int, default=None, help="use the first N members of the split")
     at.add_argument("--n-nonmembers", type=int, default=None, help="use the first N non-members of the split")
@@ -190,7 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-nonmembers", type=int, default=None)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="split file (.json, or .npz for the SecMI/PIA format)")
+    sp.add_argument("--format", choices=("json", "secmi"), default=None,
+                    help="json (ids + SHA-256 of every image) or secmi (.npz: mia_train_idxs, mia_eval_idxs); "
+                         "default from the suffix of --out")
     sp.set_defaults(fn=cmd_split)
+
+    cv = sub.add_parser("convert", help="turn a released checkpoint into a target folder")
+    cv.add_argument("format", choices=("pytorch-ddpm",), help="checkpoint format (SecMI's and PIA's DDPMs)")
+    cv.add_argument("checkpoint", help="the checkpoint file (read with torch.load(weights_only=True))")
+    cv.add_argument("--out", required=True, help="target folder to write")
+    cv.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                    help="ema: unet/ <- ema_model and unet_raw/ <- net_model; raw: unet/ <- net_model")
+    cv.add_argument("--image-size", type=int, default=32, help="the model's input size (default 32)")
+    cv.add_argument("--split", default=None, help="a split file (SecMI/PIA .npz or .json) to store as split.json")
+    cv.set_defaults(fn=cmd_convert)
 
     d = sub.add_parser("demo", help="the main job: every attack on the shipped reference target")
     d.add_argument("--out", default="runs/demo")

@@ -89,7 +89,7 @@ def test_list_and_help(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "loss" in out and "timesteps=[200]" in out
-    for sub in ("train", "attack", "report", "list", "split", "demo"):
+    for sub in ("train", "attack", "report", "list", "split", "convert", "demo"):
         with pytest.raises(SystemExit) as e:
             main([sub, "--help"])
         assert e.value.code == 0 and "usage: diffmia" in capsys.readouterr().out

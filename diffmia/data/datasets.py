@@ -198,17 +198,23 @@ def load_npz(path: str | os.PathLike, key: str = "images") -> Dataset:
 
 
 def load_dataset(spec: str, root: str | None = None) -> Dataset:
-    """``fashion-mnist`` / ``fashion-mnist:test``, a folder of images, or an ``.npz`` file."""
+    """``fashion-mnist[:train|test]``, ``cifar10[:train|test]``, ``cifar100[:train|test]``,
+    ``stl10[:unlabeled|train|test|train+unlabeled]`` (``root``: the binary archive or its folder), a folder
+    of images, or an ``.npz`` file."""
     name, _, sub = spec.partition(":")
     if name == "fashion-mnist":
         return load_fashion_mnist(root, sub or "train")
+    if name in ("cifar10", "cifar100", "stl10"):
+        from .binary_sets import load_cifar, load_stl10
+
+        return load_stl10(root, sub or "unlabeled") if name == "stl10" else load_cifar(name, root, sub or "train")
     p = Path(spec)
     if p.is_dir():
         return load_image_folder(p)
     if p.suffix == ".npz":
         return load_npz(p)
-    raise DataError(f"unknown data {spec!r}: use 'fashion-mnist[:train|test]', a folder of images "
-                    "or an .npz file")
+    raise DataError(f"unknown data {spec!r}: use 'fashion-mnist[:train|test]', 'cifar10', 'cifar100', 'stl10' "
+                    "(with --data-root), a folder of images or an .npz file")
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -216,14 +222,21 @@ def to_model_input(images: np.ndarray, size: int | None = 32):
     """uint8 N x H x W x C -> float32 torch tensor N x C x size x size in [-1, 1].
 
     Images smaller than ``size`` are padded symmetrically with the background value (-1, i.e.
-    black, as Fashion-MNIST's background); ``size=None`` keeps the size."""
+    black, as Fashion-MNIST's background); square images larger than ``size`` are resized to it
+    (bilinear with antialiasing, torchvision's ``Resize``, as the papers do for STL-10); ``size=None``
+    keeps the size."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if size is not None:
         h, w = x.shape[-2:]
+        if (h > size or w > size) and h == w:
+            from torchvision.transforms.v2 import functional as F
+
+            u8 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+            return (F.resize(u8, [size, size], antialias=True).float() / 127.5 - 1.0).contiguous()
         if h > size or w > size:
-            raise DataError(f"images are {h}x{w}, larger than the model size {size}x{size}")
+            raise DataError(f"images are {h}x{w}, larger than the model size {size}x{size} and not square")
         if (h, w) != (size, size):
             top, left = (size - h) // 2, (size - w) // 2
             x = torch.nn.functional.pad(x, (left, size - w - left, top, size - h - top), value=-1.0)

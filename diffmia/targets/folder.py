@@ -10,6 +10,7 @@ produces) plus diffmia's own records beside it::
     vae/ text_encoder/ tokenizer/   latent, text-conditioned targets (Stable Diffusion layout)
     split.json              the membership split the target was trained on
     train_config.json, training.json, checkpoint/   training configuration, record and resume state
+    conversion.json         for a converted checkpoint: its source, SHA-256 and configuration
     samples.png             a grid of samples
 
 Everything that reads or writes this layout asks a :class:`TargetFolder`; no other module spells a
@@ -82,6 +83,10 @@ class TargetFolder:
     @property
     def train_config_json(self) -> Path:
         return self.path / "train_config.json"
+
+    @property
+    def conversion_json(self) -> Path:
+        return self.path / "conversion.json"
 
     @property
     def checkpoint_dir(self) -> Path:
