@@ -153,6 +153,22 @@ def _attn(sd, src: str, dst: str, out: dict) -> None:
         out[f"{dst}.{b}.bias"] = sd[f"{src}.{a}.bias"]
 
 
+def _path(sd, src: str, dst: str, n_levels: int, n_blocks: int, sampler: str, out: dict) -> None:
+    """One side of the UNet: ``src.{k}`` numbers ResBlocks and samplers in one list; ``dst.{level}`` holds
+    ``resnets.{j}`` (+ ``attentions.{j}``) and a ``{sampler}.0.conv`` between levels."""
+    k = 0
+    for i in range(n_levels):
+        for j in range(n_blocks):
+            _res(sd, f"{src}.{k}", f"{dst}.{i}.resnets.{j}", out)
+            if f"{src}.{k}.attn.proj_q.weight" in sd:
+                _attn(sd, f"{src}.{k}.attn", f"{dst}.{i}.attentions.{j}", out)
+            k += 1
+        if i < n_levels - 1:
+            for p in ("weight", "bias"):
+                out[f"{dst}.{i}.{sampler}.0.conv.{p}"] = sd[f"{src}.{k}.main.{p}"]
+            k += 1
+
+
 def convert_state_dict(sd: dict, config: dict) -> dict:
     """pytorch-ddpm parameter names -> ``UNet2DModel`` parameter names (same tensors; the attention
     projections reshaped from 1x1 convs, the time MLP's columns reordered)."""
@@ -170,31 +186,11 @@ def convert_state_dict(sd: dict, config: dict) -> dict:
     out["time_embedding.linear_2.weight"] = sd["time_embedding.timembedding.3.weight"]
     out["time_embedding.linear_2.bias"] = sd["time_embedding.timembedding.3.bias"]
     n_res, n_levels = config["layers_per_block"], len(config["block_out_channels"])
-    k = 0
-    for i in range(n_levels):
-        for j in range(n_res):
-            _res(sd, f"downblocks.{k}", f"down_blocks.{i}.resnets.{j}", out)
-            if f"downblocks.{k}.attn.proj_q.weight" in sd:
-                _attn(sd, f"downblocks.{k}.attn", f"down_blocks.{i}.attentions.{j}", out)
-            k += 1
-        if i < n_levels - 1:
-            out[f"down_blocks.{i}.downsamplers.0.conv.weight"] = sd[f"downblocks.{k}.main.weight"]
-            out[f"down_blocks.{i}.downsamplers.0.conv.bias"] = sd[f"downblocks.{k}.main.bias"]
-            k += 1
+    _path(sd, "downblocks", "down_blocks", n_levels, n_res, "downsamplers", out)
     _res(sd, "middleblocks.0", "mid_block.resnets.0", out)
     _attn(sd, "middleblocks.0.attn", "mid_block.attentions.0", out)
     _res(sd, "middleblocks.1", "mid_block.resnets.1", out)
-    k = 0
-    for u in range(n_levels):
-        for j in range(n_res + 1):
-            _res(sd, f"upblocks.{k}", f"up_blocks.{u}.resnets.{j}", out)
-            if f"upblocks.{k}.attn.proj_q.weight" in sd:
-                _attn(sd, f"upblocks.{k}.attn", f"up_blocks.{u}.attentions.{j}", out)
-            k += 1
-        if u < n_levels - 1:
-            out[f"up_blocks.{u}.upsamplers.0.conv.weight"] = sd[f"upblocks.{k}.main.weight"]
-            out[f"up_blocks.{u}.upsamplers.0.conv.bias"] = sd[f"upblocks.{k}.main.bias"]
-            k += 1
+    _path(sd, "upblocks", "up_blocks", n_levels, n_res + 1, "upsamplers", out)
     return out
 
 
