@@ -92,7 +92,9 @@ def cmd_attack(a) -> int:
 
     cfg = RunConfig(target=a.target, out=a.out, attacks=[s for s in a.attacks.split(",") if s],
                     params=parse_params(a.param), data=a.data, data_root=a.data_root, split=a.split,
-                    n_members=a.n_members, n_nonmembers=a.n_nonmembers, weights=a.weights, device=a.device,
+                    n_members=a.n_members, n_nonmembers=a.n_nonmembers, weights=a.weights,
+                    condition=a.condition, captions=a.captions, replacement_captions=a.replacement_captions,
+                    guidance_scale=a.guidance_scale, device=a.device,
                     batch_size=a.batch_size, chunk_size=a.chunk_size, workers=a.workers,
                     calibration_fraction=a.calibration_fraction, seed=a.seed, n_boot=a.n_boot,
                     blind=not a.no_blind, progress=not a.quiet)
@@ -181,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--n-members", type=int, default=None, help="use the first N members of the split")
     at.add_argument("--n-nonmembers", type=int, default=None, help="use the first N non-members of the split")
     at.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    at.add_argument("--condition", choices=("caption", "empty", "replacement"), default=None,
+                    help="text-conditioned targets: each sample's own caption (default), the empty prompt, or "
+                         "captions written by another captioner")
+    at.add_argument("--captions", default=None, help="captions file (id,caption CSV or JSON); "
+                    "default <target>/captions.csv or the image folder's captions")
+    at.add_argument("--replacement-captions", default=None,
+                    help="captions of --condition replacement; default <target>/replacement_captions.csv")
+    at.add_argument("--guidance-scale", type=float, default=1.0,
+                    help="classifier-free guidance of text-conditioned targets (1: conditional only; "
+                         "other values cost two queries)")
     at.add_argument("--device", default="auto", help="cpu, cuda or auto")
     at.add_argument("--batch-size", type=int, default=256)
     at.add_argument("--chunk-size", type=int, default=256, help="samples per cached chunk")

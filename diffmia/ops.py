@@ -104,13 +104,15 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 #   generate        i     seed, step k >= 0            mix(i, 50000000 + 10007 seed + k)     DiffusersAPI.generate
 #   train           -     seed, step                   1000003 seed + step (one generator    diffmia train
 #                                                      per step: batch, t, noise, augment)
+#   vae_posterior   s     -                            mix(s, 70000000)                      latent targets that
+#                                                                                            sample the VAE posterior
 #
 # with mix(s, salt) = (1000003 s + 7919 salt + 12345) mod 2^63 the seed of a torch.Generator. Promises
 # that follow (and are tested): forensics' eps-trajectory at t equals the loss attack's loss at t for
 # every seed; with seed 0, ``DiffusersAPI.transform`` from t_start for request seed s starts from the loss
 # attack's noise of sample s at t = t_start (so does forensics_graybox, whose request seed at seed 0 is
 # the sample id). With another attack seed, gray-box/observer noise is a different, independent draw.
-STREAMS = ("loss", "forensics", "api_request", "transform", "transform_step", "generate", "train")
+STREAMS = ("loss", "forensics", "api_request", "transform", "transform_step", "generate", "train", "vae_posterior")
 
 
 def _mix(s: int, salt: int) -> int:
@@ -131,6 +133,8 @@ def stream_seed(stream: str, sample: int = 0, *, seed: int = 0, t: int = 0, step
         return _mix(sample, 50_000_000 + int(seed) * 10_007 + int(step))
     if stream == "train":
         return int(seed) * 1_000_003 + int(step)
+    if stream == "vae_posterior":
+        return _mix(sample, 70_000_000)
     raise ValueError(f"unknown noise stream {stream!r}; streams: {STREAMS}")
 
 

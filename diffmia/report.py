@@ -123,6 +123,15 @@ def interpretation(report: dict) -> str:
     return text
 
 
+def _space(report: dict) -> str:
+    if report.get("space") != "latent":
+        return ""
+    g = report.get("guidance_scale")
+    return (f" Model-access attacks work in the target's latent space, conditioned on the samples' "
+            f"**{report.get('condition')}** prompts" + (f" with guidance scale {g:g}" if g not in (None, 1.0) else "")
+            + ".")
+
+
 def write_report(folder, report: dict, all_scores: dict, samples: Path | None = None) -> Path:
     """Write report.md and the ROC figures into ``folder``; ``samples``: an image of the target's samples
     (copied beside the report when it exists)."""
@@ -133,7 +142,7 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
           f"split `{report.get('split')}`: {report['n_members']} members and {report['n_nonmembers']} non-members, "
           f"split {report.get('calibration_fraction')} calibration / rest test (seed {report.get('seed')}). "
           "Numbers are on the test half; 95% CIs by seeded bootstrap; n/r = not resolvable "
-          "(fewer than 1/alpha test non-members).", "",
+          "(fewer than 1/alpha test non-members)." + _space(report), "",
           markdown_table(HEADER, table_rows(report)), "", interpretation(report), ""]
     for w in report.get("warnings", []):
         md.append(f"> **Warning:** {w}\n")

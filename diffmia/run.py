@@ -18,10 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 
 from . import protocol
 from .attacks import ATTACKS
 from .data import MembershipSplit, load_dataset, to_model_input
+from .data.captions import CONDITIONS, captions_for, load_captions
 from .errors import DiffmiaError
 from .features import cache_key, compute_features, load_target
 from .provenance import git_commit, library_versions
@@ -41,6 +44,10 @@ class RunConfig:
     n_members: int | None = None      # use only the first n members / non-members of the split
     n_nonmembers: int | None = None
     weights: str = "ema"
+    condition: str | None = None      # latent targets: caption | empty | replacement (default caption)
+    captions: str | None = None       # captions file (default <target>/captions.csv, or the data's captions)
+    replacement_captions: str | None = None   # default <target>/replacement_captions.csv
+    guidance_scale: float = 1.0       # latent targets: classifier-free guidance (w != 1 costs 2 queries)
     device: str = "auto"
     batch_size: int = 256
     chunk_size: int = 256
@@ -77,6 +84,28 @@ def prepare_data(cfg: RunConfig):
     return sub, is_member, split_path
 
 
+def prompts_for(cfg: RunConfig, folder: TargetFolder, data) -> tuple[str | None, np.ndarray | None]:
+    """(condition, one prompt per sample) for a text-conditioned target; (None, None) for a pixel one."""
+    if not folder.is_latent:
+        if cfg.condition is not None or cfg.captions or cfg.replacement_captions or cfg.guidance_scale != 1.0:
+            raise DiffmiaError(f"{cfg.target}: --condition, --captions and --guidance-scale apply to text-conditioned "
+                               "(latent) targets only")
+        return None, None
+    condition = cfg.condition or "caption"
+    if condition not in CONDITIONS:
+        raise DiffmiaError(f"--condition must be one of {CONDITIONS}, got {condition!r}")
+    if condition == "empty":
+        return condition, np.array([""] * len(data.ids), dtype=object)
+    given = cfg.captions if condition == "caption" else cfg.replacement_captions
+    path = Path(given) if given else (folder.captions_csv if condition == "caption" else folder.replacement_captions_csv)
+    if condition == "caption" and given is None and not path.exists() and data.captions is not None:
+        return condition, np.array(data.captions, dtype=object)       # an image folder's own captions
+    flag = "--captions" if condition == "caption" else "--replacement-captions"
+    if not path.exists():
+        raise DiffmiaError(f"condition {condition!r}: {path} not found; pass a captions file (id,caption) with {flag}")
+    return condition, np.array(captions_for(data, load_captions(path), str(path)), dtype=object)
+
+
 def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +119,8 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
         raise DiffmiaError(f"--param given for attacks not in this run: {sorted(unknown)}")
 
     data, is_member, split_path = prepare_data(cfg)
-    images = to_model_input(data.images, folder.sample_size(cfg.weights)).numpy()
+    condition, prompts = prompts_for(cfg, folder, data)
+    images = to_model_input(data.images, folder.image_size(cfg.weights)).numpy()
     ids = data.ids
     calib = protocol.calibration_split(is_member, cfg.calibration_fraction, cfg.seed)
     run_info = {"config": asdict(cfg), "command": command, "split": split_path, "git_commit": git_commit(),
@@ -101,13 +131,18 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
     targets: dict[str, object] = {}
     cache: dict = {}                  # reusable state of the attacks (generated sets, feature networks)
     for name, attack in attacks.items():
-        key = cache_key({"params": attack.get_params(), "target": os.path.abspath(cfg.target),
-                         "weights": cfg.weights, "ids": cache_key(ids.tolist()), "data": cfg.data})
+        key = {"params": attack.get_params(), "target": os.path.abspath(cfg.target),
+               "weights": cfg.weights, "ids": cache_key(ids.tolist()), "data": cfg.data}
+        if prompts is not None and attack.access == "model":           # what the text condition changes
+            key.update(prompts=cache_key(prompts.tolist()), guidance_scale=cfg.guidance_scale)
+        key = cache_key(key)
         if cfg.workers <= 1 and attack.access not in targets and attack.access != "none":
-            targets[attack.access] = load_target(cfg.target, attack.access, cfg.weights, cfg.device, cfg.batch_size)
+            targets[attack.access] = load_target(cfg.target, attack.access, cfg.weights, cfg.device, cfg.batch_size,
+                                                 cfg.guidance_scale)
         feats, cost = compute_features(
             attack, images, ids, out / "features" / f"{name}-{key}", target=targets.get(attack.access),
-            target_folder=cfg.target, weights=cfg.weights, device=cfg.device, batch_size=cfg.batch_size,
+            cond=prompts if attack.access == "model" else None, target_folder=cfg.target, weights=cfg.weights,
+            device=cfg.device, batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale,
             chunk_size=cfg.chunk_size, workers=cfg.workers, cache=cache, progress=cfg.progress)
         t0 = time.perf_counter()
         variants = protocol.attack_scores(attack, feats, is_member, calib, cfg.crossfit_folds, cfg.seed)
@@ -117,6 +152,8 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
         all_scores[name] = sc
         results[name] = describe(attack, sc, cost, cfg, folder.num_train_timesteps())
     report = {"target": cfg.target, "weights": cfg.weights, "data": cfg.data, "split": split_path,
+              "space": "latent" if folder.is_latent else "pixel", "condition": condition,
+              "guidance_scale": cfg.guidance_scale if folder.is_latent else None,
               "calibration_fraction": cfg.calibration_fraction, "seed": cfg.seed,
               "n_members": int(is_member.sum()), "n_nonmembers": int((~is_member).sum()),
               "attacks": results}

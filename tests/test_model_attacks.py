@@ -52,7 +52,7 @@ class Analytic:
         self.calls.append((x_t.clone(), t.clone(), out.clone()))
         return out
 
-    def to_model_space(self, images):
+    def to_model_space(self, images, seeds=None):
         return images.float()
 
 

@@ -94,7 +94,7 @@ class ForensicsWhiteBox(Attack):
 
     def _features(self, target, images, cond, seeds, cache):
         grid = self.grid(target.num_train_timesteps)
-        x0 = target.to_model_space(images)
+        x0 = target.to_model_space(images, seeds)
         abar = target.alphas_cumprod
         trajs = {k: np.empty((len(x0), len(grid))) for k in self.kinds}
         for j, t in enumerate(grid):

@@ -42,7 +42,7 @@ class LossAttack(Attack):
 
     def _features(self, target, images, cond, seeds, cache):
         ts = check_timesteps(self.timesteps, target, self.name)
-        x0 = target.to_model_space(images)
+        x0 = target.to_model_space(images, seeds)
         abar = target.alphas_cumprod
         out = {}
         for t in ts:

@@ -64,7 +64,7 @@ class PIA(Attack):
 
     def _features(self, target, images, cond, seeds, cache):
         ts = check_timesteps(list(self._ts()), target, self.name)
-        x0 = target.to_model_space(images)
+        x0 = target.to_model_space(images, seeds)
         abar = target.alphas_cumprod
         eps0 = self._initial_noise(target.eps(x0, 0, cond))          # (P1) eps_0 = eps_theta(x0, 0)
         out = {}

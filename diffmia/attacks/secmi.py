@@ -96,7 +96,7 @@ class SecMIStat(Attack):
         return max(ts) // self.k + 1
 
     def _features(self, target, images, cond, seeds, cache):
-        x0 = target.to_model_space(images)
+        x0 = target.to_model_space(images, seeds)
         rec = secmi_reconstructions(target, x0, self._all_t(), self.k, cond, self.name)
         # t-error (eq. 13): squared L2 distance summed over pixels
         return {f"terr_{t}": ops.sum_sq(xh - xt).double().cpu().numpy() for t, (xh, xt) in rec.items()}

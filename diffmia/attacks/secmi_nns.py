@@ -82,7 +82,7 @@ class SecMINNs(Attack):
         return t_sec // self.k + 1
 
     def _features(self, target, images, cond, seeds, cache):
-        x0 = target.to_model_space(images)
+        x0 = target.to_model_space(images, seeds)
         (x_hat, x_tilde), = secmi_reconstructions(target, x0, (self.t_sec,), self.k, cond, self.name).values()
         return {"map": (x_hat - x_tilde).abs().float().cpu().numpy()}
 

@@ -14,7 +14,9 @@ class NoisePredictor(Protocol):
     ``alphas_cumprod``: float64 [T], 0-based as diffusers stores it. ``eps`` takes x_t in model space
     (N x C x H x W, [-1, 1] for pixel models) and t (int or long tensor [N]) and returns the noise
     prediction whatever the model's prediction type. ``queries`` counts evaluated images.
-    ``to_model_space`` maps [-1, 1] pixels to the space eps works in (identity, or VAE latents).
+    ``to_model_space(images, seeds)`` maps [-1, 1] pixels to the space eps works in (identity, or VAE
+    latents; ``seeds`` key any per-sample randomness). ``cond`` holds one condition per sample (a class
+    label, or a prompt for text-conditioned targets), None for unconditional use.
     """
 
     alphas_cumprod: torch.Tensor
@@ -23,7 +25,7 @@ class NoisePredictor(Protocol):
 
     def eps(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor: ...
 
-    def to_model_space(self, images: torch.Tensor) -> torch.Tensor: ...
+    def to_model_space(self, images: torch.Tensor, seeds=None) -> torch.Tensor: ...
 
 
 def resolve_device(device: str = "auto") -> torch.device:

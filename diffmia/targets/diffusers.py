@@ -62,7 +62,8 @@ class DiffusersTarget:
         t.source = str(path)
         return t
 
-    def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
+    def to_model_space(self, images: torch.Tensor, seeds=None) -> torch.Tensor:
+        """Pixel models work on the images themselves ([-1, 1])."""
         return images.to(self.device, self.dtype)
 
     def from_model_space(self, x: torch.Tensor) -> torch.Tensor:

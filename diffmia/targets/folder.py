@@ -9,6 +9,8 @@ produces) plus diffmia's own records beside it::
     scheduler/              scheduler_config.json (noise schedule, prediction type, T)
     vae/ text_encoder/ tokenizer/   latent, text-conditioned targets (Stable Diffusion layout)
     split.json              the membership split the target was trained on
+    captions.csv, replacement_captions.csv   latent targets: the samples' captions (id,caption), and
+                            captions of the same images by another captioner
     train_config.json, training.json, checkpoint/   training configuration, record and resume state
     conversion.json         for a converted checkpoint: its source, SHA-256 and configuration
     samples.png             a grid of samples
@@ -33,6 +35,12 @@ def sample_size(unet_config) -> int:
     """The UNet's square input size from its config (``sample_size`` is an int or [H, W])."""
     s = unet_config["sample_size"] if isinstance(unet_config, dict) else unet_config.sample_size
     return int(s) if isinstance(s, int) else int(s[0])
+
+
+def vae_scale(vae_config) -> int:
+    """How many pixels one latent position spans: 2 ** (number of VAE blocks - 1)."""
+    blocks = vae_config["block_out_channels"] if isinstance(vae_config, dict) else vae_config.block_out_channels
+    return 2 ** (len(blocks) - 1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,14 @@ class TargetFolder:
     @property
     def split_path(self) -> Path:
         return self.path / "split.json"
+
+    @property
+    def captions_csv(self) -> Path:
+        return self.path / "captions.csv"
+
+    @property
+    def replacement_captions_csv(self) -> Path:
+        return self.path / "replacement_captions.csv"
 
     @property
     def samples_png(self) -> Path:
@@ -134,6 +150,14 @@ class TargetFolder:
         if not (self.unet_dir(weights) / "config.json").exists():
             return None
         return sample_size(self.unet_config(weights))
+
+    def image_size(self, weights: str = "ema") -> int | None:
+        """The size of the images the target takes: the UNet's input size, times the VAE's downscaling for
+        a latent target (None without a UNet config)."""
+        size = self.sample_size(weights)
+        if size is None or not self.is_latent:
+            return size
+        return size * vae_scale(self._json(self.component_dir("vae") / "config.json"))
 
     def num_train_timesteps(self) -> int | None:
         """T from the scheduler config (None without one)."""
