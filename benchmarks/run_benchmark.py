@@ -37,7 +37,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default=str(ROOT / "targets" / "fmnist-ddpm"))
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmark"))
-    p.add_argument("--attacks", default=",".join(a for a in ATTACKS if a != "blind"))
+    p.add_argument("--attacks", default=",".join(a for a, c in ATTACKS.items() if a != "blind" and not c.needs_text))
     p.add_argument("--n-members", type=int, default=None)
     p.add_argument("--n-nonmembers", type=int, default=None)
     p.add_argument("--device", default="auto")

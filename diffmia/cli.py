@@ -1,4 +1,4 @@
-"""``diffmia`` command line: train | attack | report | list | split | convert | demo.
+"""``diffmia`` command line: train | train-sd | attack | report | list | split | convert | demo.
 
 A user mistake (missing file, unknown attack, bad option) prints one line ``diffmia: error: ...`` and
 exits with status 2; nothing already computed is lost (features are cached per chunk in the run folder).
@@ -48,10 +48,11 @@ def parse_params(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
-
-    for f in fields(TrainConfig):
+def _add_config_args(p: argparse.ArgumentParser, config_class) -> None:
+    """One option per field of a training configuration dataclass (nested configurations are skipped)."""
+    for f in fields(config_class):
+        if f.default is MISSING and f.default_factory is not MISSING:
+            continue
         default = f.default if f.default is not MISSING else None
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
@@ -81,6 +82,23 @@ def cmd_train(a) -> int:
         rec = json.loads((out / "training.json").read_text())
         print(f"target written to {out}: {rec['steps']} steps, {rec['parameters']} parameters, "
               f"{rec['seconds_per_step']} s/step, final loss {rec['final_loss']:.4f}")
+    else:
+        print(f"checkpoint saved in {out}; run the same command again to continue")
+    return 0
+
+
+def cmd_train_sd(a) -> int:
+    from .train_sd import TrainSDConfig, train_sd
+
+    d = {f.name: getattr(a, f.name) for f in fields(TrainSDConfig) if hasattr(a, f.name)}
+    if d["steps"] < 1 or d["vae_steps"] < 1 or d["batch_size"] < 1 or d["n_members"] < 1:
+        raise DiffmiaError("--steps, --vae-steps, --batch-size and --n-members must be positive")
+    out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
+                   max_steps_this_run=a.max_steps_this_run)
+    if (out / "training.json").exists():
+        rec = json.loads((out / "training.json").read_text())
+        print(f"SD target written to {out}: {rec['steps']} UNet steps ({rec['parameters']['unet']} parameters), "
+              f"{rec['vae_steps']} VAE steps, {rec['wall_seconds']} s")
     else:
         print(f"checkpoint saved in {out}; run the same command again to continue")
     return 0
@@ -159,6 +177,9 @@ def cmd_demo(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+    from .train_sd import TrainSDConfig
+
     p = argparse.ArgumentParser(prog="diffmia", description="Membership-inference audits of diffusion models.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -166,8 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (a target); rerun to resume")
     t.add_argument("--max-steps-this-run", type=int, default=None, help="stop after this many steps (resume later)")
     t.add_argument("--quiet", action="store_true")
-    _add_train_args(t)
+    _add_config_args(t, TrainConfig)
     t.set_defaults(fn=cmd_train)
+
+    ts = sub.add_parser("train-sd", help="train the tiny text-to-image latent (Stable Diffusion-style) target")
+    ts.add_argument("--out", required=True, help="output folder (a StableDiffusionPipeline folder); rerun to resume")
+    ts.add_argument("--max-steps-this-run", type=int, default=None, help="stop after this many steps (resume later)")
+    ts.add_argument("--quiet", action="store_true")
+    _add_config_args(ts, TrainSDConfig)
+    ts.set_defaults(fn=cmd_train_sd)
 
     at = sub.add_parser("attack", help="score a split's samples with attacks and evaluate them")
     at.add_argument("--target", required=True, help="target folder (unet/, scheduler/, split.json)")

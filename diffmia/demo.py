@@ -28,7 +28,7 @@ def run_demo(out: str, target: str, quick: bool = False) -> dict:
         raise TargetError(f"{target}: the reference target is missing; it ships with the repository "
                           "(targets/fmnist-ddpm) - check out the full repository or pass --target")
     n_mem, n_non = DEMO_SIZES["quick" if quick else "full"]
-    attacks = [a for a in ATTACKS if a != "blind"]
+    attacks = [a for a, cls in ATTACKS.items() if a != "blind" and not cls.needs_text]
     params = {k: v for k, v in DEMO_PARAMS.items() if k in attacks and v}
     cfg = RunConfig(target=target, out=out, attacks=attacks, params=params, n_members=n_mem,
                     n_nonmembers=n_non, device="auto", n_boot=500)

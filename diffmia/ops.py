@@ -96,6 +96,7 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 #   stream          per   key                          seed of sample s                      used by
 #   loss            s     seed, t                      mix(s, 100003 seed + t)               loss attack
 #   forensics       s     seed, t                      = loss (the same noise, by design)    forensics (white-box)
+#   clid            s     seed, t                      = loss (the same noise, by design)    clid
 #   api_request     s     seed                         s + 1000000007 seed (an int sent to   forensics_graybox,
 #                                                      the service, not a draw)              observers
 #   transform       v     t (= t_start)                mix(v, t)                             DiffusersAPI.transform,
@@ -104,6 +105,7 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 #   generate        i     seed, step k >= 0            mix(i, 50000000 + 10007 seed + k)     DiffusersAPI.generate
 #   train           -     seed, step                   1000003 seed + step (one generator    diffmia train
 #                                                      per step: batch, t, noise, augment)
+#   train_vae       -     seed, step                   1000003 seed + step + 500000000       diffmia train-sd (VAE)
 #   vae_posterior   s     -                            mix(s, 70000000)                      latent targets that
 #                                                                                            sample the VAE posterior
 #
@@ -112,7 +114,7 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 # every seed; with seed 0, ``DiffusersAPI.transform`` from t_start for request seed s starts from the loss
 # attack's noise of sample s at t = t_start (so does forensics_graybox, whose request seed at seed 0 is
 # the sample id). With another attack seed, gray-box/observer noise is a different, independent draw.
-STREAMS = ("loss", "forensics", "api_request", "transform", "transform_step", "generate", "train", "vae_posterior")
+STREAMS = ("loss", "forensics", "clid", "api_request", "transform", "transform_step", "generate", "train", "train_vae", "vae_posterior")
 
 
 def _mix(s: int, salt: int) -> int:
@@ -121,7 +123,7 @@ def _mix(s: int, salt: int) -> int:
 
 def stream_seed(stream: str, sample: int = 0, *, seed: int = 0, t: int = 0, step: int = 0) -> int:
     """The integer seed of one draw of ``stream`` for one sample (see the table above)."""
-    if stream in ("loss", "forensics"):
+    if stream in ("loss", "forensics", "clid"):
         return _mix(sample, int(seed) * 100_003 + int(t))
     if stream == "api_request":
         return int(sample) + int(seed) * 1_000_000_007
@@ -133,6 +135,8 @@ def stream_seed(stream: str, sample: int = 0, *, seed: int = 0, t: int = 0, step
         return _mix(sample, 50_000_000 + int(seed) * 10_007 + int(step))
     if stream == "train":
         return int(seed) * 1_000_003 + int(step)
+    if stream == "train_vae":
+        return int(seed) * 1_000_003 + int(step) + 500_000_000
     if stream == "vae_posterior":
         return _mix(sample, 70_000_000)
     raise ValueError(f"unknown noise stream {stream!r}; streams: {STREAMS}")

@@ -117,6 +117,10 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
     unknown = set(cfg.params) - set(names)
     if unknown:
         raise DiffmiaError(f"--param given for attacks not in this run: {sorted(unknown)}")
+    text_only = [n for n, a in attacks.items() if a.needs_text and not folder.is_latent]
+    if text_only:
+        raise DiffmiaError(f"{', '.join(text_only)} needs a text-conditioned (latent) target; {cfg.target} is a "
+                           "pixel model")
 
     data, is_member, split_path = prepare_data(cfg)
     condition, prompts = prompts_for(cfg, folder, data)

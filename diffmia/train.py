@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import ops
@@ -28,6 +25,7 @@ from .data import MembershipSplit, load_dataset, to_model_input
 from .errors import DiffmiaError
 from .provenance import git_commit, hardware, library_versions
 from .targets.folder import TargetFolder, sample_size
+from .trainer import batch_positions, training_loop
 
 
 @dataclass
@@ -97,17 +95,6 @@ def build_scheduler(cfg: TrainConfig):
                          clip_sample=True)
 
 
-def _batch_positions(step: int, batch: int, n: int, seed: int) -> np.ndarray:
-    """Member positions of a step's batch: consecutive slices of per-epoch seeded permutations."""
-    start = step * batch
-    out = []
-    while len(out) < batch:
-        epoch, off = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        out.extend(perm[off:off + batch - len(out)].tolist())
-    return np.asarray(out)
-
-
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
     if cfg.randaugment:
         from torchvision.transforms import v2
@@ -131,43 +118,11 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
     return x
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(ck: Path, unet, ema, opt, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    tmp, old = ck.with_name(ck.name + ".tmp"), ck.with_name(ck.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet_raw.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "unet_ema.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(old, ignore_errors=True)
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(checkpoint: Path, unet, ema, opt) -> dict | None:
-    from safetensors.torch import load_file
-
-    for ck in (checkpoint, checkpoint.with_name(checkpoint.name + ".old")):
-        if (ck / "state.json").exists():
-            unet.load_state_dict(load_file(ck / "unet_raw.safetensors"))
-            ema.load_state_dict(load_file(ck / "unet_ema.safetensors"))
-            opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
-            return json.loads((ck / "state.json").read_text())
-    return None
-
-
 # ----------------------------------------------------------------------------- training
 def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None = None,
           max_steps_this_run: int | None = None) -> Path:
     """Train (or resume) a target into ``out_dir``. ``max_steps_this_run`` stops early (for tests of
     resume); the folder is a loadable target only once all ``cfg.steps`` are done."""
-    from tqdm.auto import tqdm
-
     from .targets.base import resolve_device
 
     folder = TargetFolder(out_dir)
@@ -210,44 +165,23 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
     abar = sched.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    state = _load_checkpoint(folder.checkpoint_dir, unet, ema, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
-    step0 = state["step"]
-    end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step0 + max_steps_this_run)
     n_params = sum(p.numel() for p in unet.parameters())
     unet.train()
-    t_start, window = time.perf_counter(), []
-    bar = tqdm(range(step0, end), initial=step0, total=cfg.steps, disable=not progress,
-               desc="train", dynamic_ncols=True)
-    for step in bar:
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+
+    def step_loss(step):
         g = ops.generator("train", seed=cfg.seed, step=step)    # stream 'train': augmentation, t and noise
-        x0 = x_all[_batch_positions(step, cfg.batch_size, len(x_all), cfg.seed)]
+        x0 = x_all[batch_positions(step, cfg.batch_size, len(x_all), cfg.seed)]
         x0 = augment(x0, cfg, g).to(device)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = abar[t].float().view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise           # q(x_t | x_0)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)  # DDPM L_simple
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - cfg.ema_decay)
-        window.append(loss.item())
-        if len(window) == 10:
-            state["loss_curve"].append([step + 1, float(np.mean(window))])
-            bar.set_postfix(loss=f"{np.mean(window):.4f}")
-            window = []
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            state["step"] = step + 1
-            state["seconds"] += time.perf_counter() - t_start
-            t_start = time.perf_counter()
-            _save_checkpoint(folder.checkpoint_dir, unet, ema, opt, state)
-    bar.close()
+        return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)  # DDPM L_simple
+
+    state = training_loop("train", unet, opt, step_loss, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup_steps,
+                          checkpoint=folder.checkpoint_dir, modules={"unet_raw": unet, "unet_ema": ema}, ema=ema,
+                          ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, every=cfg.checkpoint_every,
+                          max_steps=max_steps_this_run, progress=progress)
     if state["step"] < cfg.steps:
         return out
 

@@ -4,6 +4,8 @@
   under tests/fixtures/memorised, made by the command in its training.json (see tests/fixtures/README.md).
 * ``untrained_target``: the same architecture, randomly initialised (seeded): attacks must stay at chance.
 * ``eval_set``: the fixture split's 32 members and the first 32 of its non-members, real Fashion-MNIST.
+* ``sd_dir``: a tiny random Stable Diffusion folder (built from configs in seconds) with a split of 12 + 12
+  Fashion-MNIST images and both captions files.
 """
 
 from pathlib import Path
@@ -63,3 +65,27 @@ def eval_set(fmnist):
 def reset_queries(target):
     target.queries = 0
     return target
+
+
+@pytest.fixture(scope="session")
+def sd_dir(tmp_path_factory, fmnist):
+    """A tiny random SD folder with a split of Fashion-MNIST and both captions files."""
+    import csv
+
+    from diffmia.data import MembershipSplit
+    from diffmia.data.captions import fashion_mnist_captions
+    from diffmia.sd_parts import random_sd_folder
+
+    out = tmp_path_factory.mktemp("tiny-sd")
+    split = MembershipSplit.random(fmnist, 12, 12, seed=5)
+    data, _ = split.select(fmnist)
+    caps = fashion_mnist_captions(data.images, data.labels)
+    repl = fashion_mnist_captions(data.images, data.labels, "replacement")
+    folder = random_sd_folder(out, caps * 4)
+    split.save(folder.split_path)
+    for path, texts in ((folder.captions_csv, caps), (folder.replacement_captions_csv, repl)):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "caption"])
+            w.writerows(zip(data.ids.tolist(), texts))
+    return out

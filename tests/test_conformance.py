@@ -25,7 +25,7 @@ def test_declares_paper_threat_model_and_params(name):
         assert q == 0
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in ATTACKS.items() if c.access == "model"))
+@pytest.mark.parametrize("name", sorted(n for n, c in ATTACKS.items() if c.access == "model" and not c.needs_text))
 def test_model_attack_features_scores_contract(name, memorised_target, eval_set):
     x, is_member, ids = eval_set
     sel = np.r_[0:6, 32:38]                                # 6 members, 6 non-members
@@ -61,6 +61,13 @@ SMALL = {"forensics": {"grid_stride": 250}, "secmi": {"t_sec": 20}, "secmi_nns":
 
 
 @pytest.fixture(scope="module")
+def sd_target(sd_dir):
+    from diffmia.targets.stable_diffusion import LatentDiffusersTarget
+
+    return LatentDiffusersTarget.from_pretrained(sd_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
 def fixture_api(memorised_dir):
     from diffmia.targets import DiffusersAPI
 
@@ -69,19 +76,20 @@ def fixture_api(memorised_dir):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_features_leave_the_attack_unchanged_and_reuse_the_callers_cache(name, memorised_target, fixture_api,
-                                                                        eval_set):
+                                                                        sd_target, eval_set):
     import pickle
 
     x, _, ids = eval_set
     cls = ATTACKS[name]
-    target = {"model": memorised_target, "api": fixture_api, "none": None}[cls.access]
+    target = {"model": sd_target if cls.needs_text else memorised_target, "api": fixture_api, "none": None}[cls.access]
+    cond = ["a photo of a light, wide sandal", "a photo of a dark, narrow shirt", ""] if cls.needs_text else None
     atk = cls(**SMALL.get(name, {}))
     before = pickle.dumps(atk)
     cache: dict = {}
     calls = fixture_api.generate_calls
-    f = atk.features(target, x[:3], seeds=ids[:3], cache=cache)
+    f = atk.features(target, x[:3], cond=cond, seeds=ids[:3], cache=cache)
     assert pickle.dumps(atk) == before and set(vars(atk)) == set(cls._param_names())   # no side effect
-    again = atk.features(target, x[:3], seeds=ids[:3], cache=cache)
+    again = atk.features(target, x[:3], cond=cond, seeds=ids[:3], cache=cache)
     assert all(np.array_equal(f[k], again[k]) for k in f)
     if name in ("ganleaks", "monte_carlo_set"):          # the generated set came from the cache the 2nd time
         assert fixture_api.generate_calls == calls + 1 and cache

@@ -4,7 +4,6 @@ runner's condition modes, and refusals."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffmia import ops
 from diffmia.attacks import ATTACKS
 from diffmia.cli import main
 from diffmia.data import MembershipSplit, to_model_input
@@ -19,29 +19,6 @@ from diffmia.data.captions import fashion_mnist_captions
 from diffmia.errors import TargetError
 from diffmia.targets import TargetFolder
 from diffmia.targets.stable_diffusion import LatentDiffusersTarget
-
-N_MEM, N_NON = 12, 12
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory, fmnist):
-    """A tiny random SD folder with a split of Fashion-MNIST and both captions files."""
-    from diffmia.sd_parts import random_sd_folder
-
-    out = tmp_path_factory.mktemp("tiny-sd")
-    split = MembershipSplit.random(fmnist, N_MEM, N_NON, seed=5)
-    data, _ = split.select(fmnist)
-    caps = fashion_mnist_captions(data.images, data.labels)
-    repl = fashion_mnist_captions(data.images, data.labels, "replacement")
-    folder = random_sd_folder(out, caps * 4)
-    split.save(folder.split_path)
-    for path, texts in ((folder.captions_csv, caps), (folder.replacement_captions_csv, repl)):
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "caption"])
-            w.writerows(zip(data.ids.tolist(), texts))
-    return out
-
 
 @pytest.fixture(scope="module")
 def sd(sd_dir):
@@ -169,3 +146,54 @@ def test_refusals_name_the_problem(sd_dir, tmp_path, capsys):
     assert main(["attack", "--target", "tests/fixtures/memorised", "--condition", "empty", "--out",
                  str(tmp_path / "p"), "--quiet"]) == 2
     assert "text-conditioned (latent) targets only" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ CLiD
+def test_clid_perturbations_and_timesteps():
+    from diffmia.attacks.clid import CLiD, perturb
+
+    c = "a photo of a dark, wide ankle boot"          # 34 characters: thirds at 11 and 22 (the public code's split)
+    assert [perturb(c, k) for k in ("third1", "third2", "third3", "null")] == \
+        [c[:11], c[11:22], c[22:], ""]
+    assert "".join(perturb(c, k) for k in ("third1", "third2", "third3")) == c
+    assert CLiD().timesteps(1000) == [485, 495, 505] and CLiD().queries_per_sample() == 15
+
+
+def test_clid_features_by_hand_queries_and_text_requirement(sd, sample, memorised_target):
+    from diffmia.attacks.clid import CLiD, perturb
+    from diffmia.errors import DiffmiaError
+
+    x, ids, caps = sample
+    atk = CLiD(n_timesteps=1, perturbations=("null", "third1"))
+    sd.queries = 0
+    f = atk.features(sd, x[:3], cond=caps[:3], seeds=ids[:3])
+    assert sd.queries == 3 * atk.queries_per_sample() == 9
+    z = sd.to_model_space(x[:3])
+    t = atk.timesteps()[0]
+    noise = ops.noise("loss", z.shape[1:], ids[:3], seed=0, t=t)       # the loss attack's noise, by design
+    z_t = ops.q_sample(sd.alphas_cumprod, z, t, noise)
+    loss = lambda prompts: (noise - sd.eps(z_t, t, prompts)).flatten(1).pow(2).mean(1).double().numpy()  # noqa: E731
+    np.testing.assert_allclose(f["l_cond"], loss(caps[:3]), rtol=1e-5)
+    np.testing.assert_allclose(f["d_null"], loss([""] * 3) - loss(caps[:3]), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(f["d_third1"], loss([perturb(c, "third1") for c in caps[:3]]) - loss(caps[:3]),
+                               rtol=1e-4, atol=1e-7)
+    with pytest.raises(DiffmiaError, match="needs a text-conditioned target"):
+        CLiD().features(memorised_target, x[:2])
+
+
+def test_clid_fit_picks_alpha_on_its_rows_and_never_flips():
+    from diffmia.attacks.clid import CLiD
+
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 2 == 0
+    feats = {"l_cond": rng.normal(size=200), **{f"d_{k}": rng.normal(size=200) + 2.0 * y
+                                                for k in ("third1", "third2", "third3", "null")}}
+    atk = CLiD().fit(feats, y)
+    s = atk.scores(feats)
+    assert atk.alpha_ >= 0.8 and np.array_equal(s["clid"], s[f"clid[alpha={atk.alpha_:g}]"])
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, s["clid"]) > 0.9 and roc_auc_score(y, s["clid[alpha=0]"]) < 0.65
+    # a discrepancy that is *smaller* for members is not turned around: alpha = 1 then ranks members low
+    flipped = {**feats, **{k: -v for k, v in feats.items() if k.startswith("d_")}}
+    assert roc_auc_score(y, CLiD().fit(flipped, y).scores(flipped)["clid[alpha=1]"]) < 0.1

@@ -3,6 +3,7 @@ dict: name -> class. Files starting with ``_`` hold what two attacks of one pape
 
 from .base import Attack
 from .blind import BlindBaseline
+from .clid import CLiD
 from .forensics import ForensicsWhiteBox
 from .forensics_graybox import ForensicsGrayBox
 from .ganleaks import GANLeaks
@@ -25,8 +26,9 @@ ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     GANLeaks,
     MonteCarloSet,
     Observers,
+    CLiD,
     BlindBaseline,
 )}
 
 __all__ = ["ATTACKS", "Attack", "LossAttack", "ForensicsWhiteBox", "SecMIStat", "SecMINNs", "PIA", "PIAN",
-           "ForensicsGrayBox", "GANLeaks", "MonteCarloSet", "Observers", "BlindBaseline"]
+           "ForensicsGrayBox", "GANLeaks", "MonteCarloSet", "Observers", "CLiD", "BlindBaseline"]

@@ -136,6 +136,7 @@ class Attack:
     access: ClassVar[str] = "model"    # "model": NoisePredictor; "api": GenerationAPI; "none"
     api_calls: ClassVar[tuple[str, ...]] = ()   # API attacks: the GenerationAPI methods they call
     learned: ClassVar[bool] = False
+    needs_text: ClassVar[bool] = False  # needs one caption per sample (text-conditioned targets only)
     _parameter_constraints: ClassVar[dict[str, Param]] = {}
 
     # -- sklearn-style parameters

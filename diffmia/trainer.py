@@ -1,0 +1,95 @@
+"""The training machinery shared by ``diffmia train`` (pixel DDPM) and ``diffmia train-sd`` (tiny SD):
+batches that depend only on (seed, step), atomic checkpoints, and one resumable training loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def batch_positions(step: int, batch: int, n: int, seed: int) -> np.ndarray:
+    """Member positions of a step's batch: consecutive slices of per-epoch seeded permutations."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, off = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[off:off + batch - len(out)].tolist())
+    return np.asarray(out)
+
+
+def save_checkpoint(ck: Path, modules: dict, opt, state: dict) -> None:
+    """Atomically replace the checkpoint folder ``ck``: each module's weights (safetensors), the optimiser
+    state and a JSON state."""
+    from safetensors.torch import save_file
+
+    tmp, old = ck.with_name(ck.name + ".tmp"), ck.with_name(ck.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(old, ignore_errors=True)
+    if ck.exists():
+        ck.rename(old)
+    tmp.rename(ck)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(checkpoint: Path, modules: dict, opt) -> dict | None:
+    """The state of the last complete checkpoint (modules and optimiser restored), or None."""
+    from safetensors.torch import load_file
+
+    for ck in (checkpoint, checkpoint.with_name(checkpoint.name + ".old")):
+        if (ck / "state.json").exists():
+            for name, module in modules.items():
+                module.load_state_dict(load_file(ck / f"{name}.safetensors"))
+            opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+            return json.loads((ck / "state.json").read_text())
+    return None
+
+
+def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, warmup: int, checkpoint: Path,
+                  modules: dict, ema=None, ema_decay: float = 0.0, grad_clip: float = 0.0, every: int = 500,
+                  max_steps: int | None = None, progress: bool = True) -> dict:
+    """Steps ``state['step']`` .. ``steps`` of one model, resumed from ``checkpoint``: linear warm-up of the
+    learning rate, ``step_loss(step)`` (everything random in it comes from (seed, step)), gradient clipping,
+    an EMA copy, a loss curve of 10-step means and atomic checkpoints of ``modules`` every ``every`` steps.
+    ``max_steps`` stops early (a later call resumes). Returns the state (step, loss_curve, seconds)."""
+    from tqdm.auto import tqdm
+
+    state = load_checkpoint(checkpoint, modules, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
+    end = steps if max_steps is None else min(steps, state["step"] + max_steps)
+    t0, window = time.perf_counter(), []
+    bar = tqdm(range(state["step"], end), initial=state["step"], total=steps, desc=name, disable=not progress,
+               dynamic_ncols=True)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+        loss = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - ema_decay)
+        window.append(loss.item())
+        if len(window) == 10:
+            state["loss_curve"].append([step + 1, float(np.mean(window))])
+            bar.set_postfix(loss=f"{np.mean(window):.4f}")
+            window = []
+        if (step + 1) % every == 0 or step + 1 == end:
+            state["step"] = step + 1
+            state["seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(checkpoint, modules, opt, state)
+    bar.close()
+    return state
