@@ -40,8 +40,6 @@ def load_target(folder: str, access: str, weights: str = "ema", device: str = "a
         from .targets import DiffusersTarget
 
         return DiffusersTarget.from_pretrained(folder, weights=weights, device=device, batch_size=batch_size)
-    if latent:
-        raise TargetError(f"{folder}: API attacks on latent (Stable Diffusion) targets are not available yet")
     if access == "api":
         from .targets import DiffusersAPI
 

@@ -137,7 +137,7 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
     for name, attack in attacks.items():
         key = {"params": attack.get_params(), "target": os.path.abspath(cfg.target),
                "weights": cfg.weights, "ids": cache_key(ids.tolist()), "data": cfg.data}
-        if prompts is not None and attack.access == "model":           # what the text condition changes
+        if prompts is not None and attack.access != "none":            # what the text condition changes
             key.update(prompts=cache_key(prompts.tolist()), guidance_scale=cfg.guidance_scale)
         key = cache_key(key)
         if cfg.workers <= 1 and attack.access not in targets and attack.access != "none":
@@ -145,7 +145,7 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
                                                  cfg.guidance_scale)
         feats, cost = compute_features(
             attack, images, ids, out / "features" / f"{name}-{key}", target=targets.get(attack.access),
-            cond=prompts if attack.access == "model" else None, target_folder=cfg.target, weights=cfg.weights,
+            cond=prompts if attack.access != "none" else None, target_folder=cfg.target, weights=cfg.weights,
             device=cfg.device, batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale,
             chunk_size=cfg.chunk_size, workers=cfg.workers, cache=cache, progress=cfg.progress)
         t0 = time.perf_counter()

@@ -197,3 +197,51 @@ def test_clid_fit_picks_alpha_on_its_rows_and_never_flips():
     # a discrepancy that is *smaller* for members is not turned around: alpha = 1 then ranks members low
     flipped = {**feats, **{k: -v for k, v in feats.items() if k.startswith("d_")}}
     assert roc_auc_score(y, CLiD().fit(flipped, y).scores(flipped)["clid[alpha=1]"]) < 0.1
+
+
+# ------------------------------------------------------------------------------------------------ behind an API
+@pytest.fixture(scope="module")
+def sd_api(sd_dir):
+    from diffmia.targets import DiffusersAPI
+
+    return DiffusersAPI.from_pretrained(sd_dir, device="cpu", generate_sampler="ddim", generate_steps=3)
+
+
+def test_sd_api_img2img_decodes_every_preview(sd_api, sd, sample):
+    """transform: encode, noise to t_start with the loss attack's noise, DDIM in latent space with the
+    prompt, every x0 estimate decoded through the VAE; no noise predictor is exposed."""
+    from diffmia.targets.api import has_noise_predictor
+
+    x, ids, caps = sample
+    assert sd_api.latent and not has_noise_predictor(sd_api)
+    final, inter = sd_api.transform(x[:2], 300, 3, seed=ids[:2], prompt=caps[:2])
+    assert list(inter) == [300, 150, 0] and final.shape == (2, 1, 32, 32) and torch.equal(final, inter[0])
+    z0 = sd.to_model_space(x[:2])
+    noise = ops.noise("loss", z0.shape[1:], ids[:2], seed=0, t=300)
+    z_t = ops.q_sample(sd.alphas_cumprod, z0, 300, noise)
+    z0_hat = ops.predict_x0(sd.alphas_cumprod, z_t, 300, sd.eps(z_t, 300, caps[:2]))
+    torch.testing.assert_close(inter[300], sd.from_model_space(z0_hat).clamp(-1, 1), rtol=1e-4, atol=1e-4)
+    other, _ = sd_api.transform(x[:2], 300, 3, seed=ids[:2], prompt=["", ""])
+    assert not torch.allclose(other, final)                           # the prompt reaches the model
+    assert sd_api.model_evaluations >= 2 * 3 * 2
+
+
+def test_sd_api_generate_by_prompt_and_api_attacks(sd_dir, sd_api, tmp_path):
+    g1 = sd_api.generate(3, seed=1, prompt="a photo of a dark, wide sandal")
+    assert g1.shape == (3, 1, 32, 32) and g1.min() >= -1 and g1.max() <= 1
+    torch.testing.assert_close(sd_api.generate(2, seed=1, prompt="a photo of a dark, wide sandal"), g1[:2])
+    assert not torch.allclose(sd_api.generate(3, seed=1, prompt=""), g1)
+    run = tmp_path / "api"
+    assert main(["attack", "--target", str(sd_dir), "--attacks", "forensics_graybox,observers,ganleaks,monte_carlo_set",
+                 "--param", "forensics_graybox.t_start=100", "--param", "forensics_graybox.num_steps=3",
+                 "--param", "forensics_graybox.t_trunc=100", "--param", "observers.t_start=100",
+                 "--param", "observers.num_steps=3", "--param", "observers.classifiers=logreg,nb",
+                 "--param", "ganleaks.n_generated=4", "--param", "monte_carlo_set.n_generated=4",
+                 "--param", f"ganleaks.cache_dir={tmp_path / 'gen'}", "--param",
+                 f"monte_carlo_set.cache_dir={tmp_path / 'gen'}", "--out", str(run), "--device", "cpu",
+                 "--n-boot", "0", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["space"] == "latent" and set(m["attacks"]) >= {"forensics_graybox", "observers", "ganleaks"}
+    # generated sets are keyed by prompt: one per distinct caption of the 24 samples
+    caps = {r["caption"] for r in __import__("csv").DictReader(open(TargetFolder(sd_dir).captions_csv))}
+    assert len(list((tmp_path / "gen").glob("gen-*.npz"))) == len(caps)

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ..errors import DiffmiaError
-from ..targets.api import api_view
 from .base import SEED, Attack, anything, integer
 
 CACHE_FORMAT = 1
@@ -33,8 +32,9 @@ def default_cache_dir() -> Path:
     return Path(root) / "generated"
 
 
-def generated_set(api, n: int, seed: int = 0, cache_dir=None) -> torch.Tensor:
-    """``n`` images from ``api.generate(n, seed)``, reused from ``cache_dir`` when already generated.
+def generated_set(api, n: int, seed: int = 0, cache_dir=None, prompt: str | None = None) -> torch.Tensor:
+    """``n`` images from ``api.generate(n, seed)`` (with ``prompt`` for a text-to-image service), reused from
+    ``cache_dir`` when already generated.
 
     ``api``: a generation API or the view ``api_view`` returns. ``cache_dir``: None = the user cache
     (:func:`default_cache_dir`), False = no disk cache. Without a fingerprint (``identity()`` None) the
@@ -44,23 +44,27 @@ def generated_set(api, n: int, seed: int = 0, cache_dir=None) -> torch.Tensor:
     path = None
     if ident is not None and cache_dir is not False:
         folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
-        key = hashlib.sha256(json.dumps([CACHE_FORMAT, ident, int(n), int(seed)]).encode()).hexdigest()[:24]
+        what = [CACHE_FORMAT, ident, int(n), int(seed)] + ([] if prompt is None else [prompt])
+        key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:24]
         path = folder / f"gen-{key}.npz"
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    if str(z["identity"]) == ident and int(z["n"]) == n and int(z["seed"]) == seed:
+                    stored = str(z["prompt"]) if "prompt" in z.files else None
+                    if str(z["identity"]) == ident and int(z["n"]) == n and int(z["seed"]) == seed \
+                            and stored == prompt:
                         return torch.from_numpy(z["images"].astype(np.float32))
             except (OSError, ValueError, KeyError):
                 pass                                   # unreadable or foreign: regenerate and overwrite
-    images = api.generate(int(n), int(seed))
+    images = api.generate(int(n), int(seed)) if prompt is None else api.generate(int(n), int(seed), prompt=prompt)
     images = torch.as_tensor(images).float().cpu()
     if images.ndim != 4 or images.shape[0] != n:
         raise DiffmiaError(f"generate({n}, {seed}) returned shape {tuple(images.shape)}, expected {n} x C x H x W")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, images=images.numpy(), identity=np.asarray(ident), n=np.asarray(n), seed=np.asarray(seed))
+        np.savez(tmp, images=images.numpy(), identity=np.asarray(ident), n=np.asarray(n), seed=np.asarray(seed),
+                 **({} if prompt is None else {"prompt": np.asarray(prompt)}))
         os.replace(tmp, path)
     return images
 
@@ -90,28 +94,34 @@ class GeneratedSetAttack(Attack):
     api_calls = ("generate",)
     _parameter_constraints = {"n_generated": integer(2), "seed": SEED, "cache_dir": anything()}
 
-    def _generated(self, api, cache: dict) -> torch.Tensor:
-        """The generated set of ``api``, from the caller's ``cache`` when it holds it (keyed by the API's
-        fingerprint; an API without one is asked again on every call)."""
+    def _generated(self, api, cache: dict, prompt: str | None = None) -> torch.Tensor:
+        """The generated set of ``api`` (for ``prompt``), from the caller's ``cache`` when it holds it (keyed
+        by the API's fingerprint; an API without one is asked again on every call)."""
         ident = api.identity()
-        key = ("generated_set", ident, int(self.n_generated), int(self.seed))
+        key = ("generated_set", ident, int(self.n_generated), int(self.seed), prompt)
         if ident is not None and key in cache:
             return cache[key]
-        gen = generated_set(api, int(self.n_generated), int(self.seed), self.cache_dir)
+        gen = generated_set(api, int(self.n_generated), int(self.seed), self.cache_dir, prompt)
         if ident is not None:
             cache[key] = gen
         return gen
 
-    def _queries_and_generated(self, target, images, cache) -> tuple[torch.Tensor, torch.Tensor]:
-        """The query images and the (cached) generated set, of the same shape."""
-        api = api_view(target, self.name, needs=self.api_calls)
-        gen = self._generated(api, cache)
-        if gen.shape[1:] != images.shape[1:]:
-            raise DiffmiaError(f"{self.name}: generated images are {tuple(gen.shape[1:])} but queries are "
-                               f"{tuple(images.shape[1:])}")
-        return images, gen
+    def _sets(self, api, images, cond, cache):
+        """(rows, generated set) pairs: one set for all queries, or, with captions (``cond``), one set per
+        distinct caption generated from it, for the queries with that caption."""
+        groups = {None: np.arange(len(images))} if cond is None else {}
+        if cond is not None:
+            for i, c in enumerate(cond):
+                groups.setdefault(str(c), []).append(i)
+        for prompt, rows in groups.items():
+            gen = self._generated(api, cache, prompt)
+            if gen.shape[1:] != images.shape[1:]:
+                raise DiffmiaError(f"{self.name}: generated images are {tuple(gen.shape[1:])} but queries are "
+                                   f"{tuple(images.shape[1:])}")
+            yield prompt, np.asarray(rows), gen
 
     def _queries(self, num_train_timesteps):
         """0: no call per sample. The attack calls ``generate`` once for ``n_generated`` images shared by
-        all samples (and by other attacks through the cache): see ``fixed_generations()``."""
+        all samples (and by other attacks through the cache), once per distinct caption for a text-to-image
+        target: see ``fixed_generations()``."""
         return 0

@@ -73,7 +73,7 @@ class ForensicsGrayBox(Attack):
         x0 = images
         requests = np.asarray([ops.stream_seed("api_request", s, seed=self.seed) for s in seeds], np.int64)
         _, inter = api.transform(x0, int(self.t_start), int(self.num_steps), seed=requests,
-                                 return_intermediates=True)
+                                 return_intermediates=True, **({} if cond is None else {"prompt": list(cond)}))
         if not inter:
             raise DiffmiaError(f"{self.name}: the API returned no intermediate outputs; the gray-box attack "
                                "needs them (GenerationAPI.transform with return_intermediates=True)")

@@ -70,14 +70,19 @@ class GANLeaks(GeneratedSetAttack):
         return api_view(ref, f"{self.name} (reference)", needs=self.api_calls)
 
     def _features(self, target, images, cond, seeds, cache):
-        x, gen = self._queries_and_generated(target, images, cache)
-        out = {"nn_dist": nearest_distances(x, gen)[:, 0]}                   # d_target: nearest generated image
-        if self.reference is not None:
-            rgen = self._generated(self._reference_api(cache), cache)
-            if rgen.shape[1:] != x.shape[1:]:
-                raise DiffmiaError(f"{self.name}: the reference generates {tuple(rgen.shape[1:])} images, "
-                                   f"the queries are {tuple(x.shape[1:])}")
-            out["nn_dist_ref"] = nearest_distances(x, rgen)[:, 0]            # d_reference
+        api = api_view(target, self.name, needs=self.api_calls)
+        ref = self._reference_api(cache) if self.reference is not None else None
+        out = {"nn_dist": np.empty(len(images))}
+        if ref is not None:
+            out["nn_dist_ref"] = np.empty(len(images))
+        for prompt, rows, gen in self._sets(api, images, cond, cache):
+            out["nn_dist"][rows] = nearest_distances(images[rows], gen)[:, 0]      # d_target: nearest generated
+            if ref is not None:
+                rgen = self._generated(ref, cache, prompt)
+                if rgen.shape[1:] != images.shape[1:]:
+                    raise DiffmiaError(f"{self.name}: the reference generates {tuple(rgen.shape[1:])} images, "
+                                       f"the queries are {tuple(images.shape[1:])}")
+                out["nn_dist_ref"][rows] = nearest_distances(images[rows], rgen)[:, 0]   # d_reference
         return out
 
     def _scores(self, features):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DiffmiaError
+from ..targets.api import api_view
 from ._generated import GeneratedSetAttack, nearest_distances
 from .base import number, optional, sequence
 
@@ -56,16 +57,17 @@ class MonteCarloSet(GeneratedSetAttack):
         return {f"mc[q={q:g}]": float(np.quantile(nn, q)) for q in qs}
 
     def _features(self, target, images, cond, seeds, cache):
-        x, gen = self._queries_and_generated(target, images, cache)
-        radii = self._radii(gen)
-        q, p = x.flatten(1).double(), gen.flatten(1).double()
-        counts = np.zeros((len(x), len(radii)))
-        r = torch.tensor(list(radii.values()), dtype=torch.float64)
-        for i in range(0, len(q), 512):
-            d = torch.cdist(q[i:i + 512], p)                                  # chunk x n_generated
-            counts[i:i + 512] = (d.unsqueeze(-1) <= r).sum(1).numpy()
-        return {"mc_fraction": counts / len(gen),
-                "mc_eps": np.tile(r.numpy(), (len(x), 1))}
+        api = api_view(target, self.name, needs=self.api_calls)
+        n_radii = 1 if self.eps is not None else len(self.eps_quantiles)
+        frac, eps = np.zeros((len(images), n_radii)), np.zeros((len(images), n_radii))
+        for _, rows, gen in self._sets(api, images, cond, cache):
+            r = torch.tensor(list(self._radii(gen).values()), dtype=torch.float64)
+            q, p = images[rows].flatten(1).double(), gen.flatten(1).double()
+            for i in range(0, len(q), 512):
+                d = torch.cdist(q[i:i + 512], p)                              # chunk x n_generated
+                frac[rows[i:i + 512]] = (d.unsqueeze(-1) <= r).sum(1).numpy() / len(gen)
+            eps[rows] = r.numpy()
+        return {"mc_fraction": frac, "mc_eps": eps}
 
     def _scores(self, features):
         if "mc_fraction" not in features:

@@ -197,8 +197,8 @@ class Observers(Attack):
         transform_timesteps(self.t_start, self.num_steps, api.num_train_timesteps)   # clear errors early
         x0 = images
         requests = np.asarray([ops.stream_seed("api_request", s, seed=self.seed) for s in seeds], np.int64)
-        final, inter = api.transform(x0, int(self.t_start), int(self.num_steps), seed=requests,
-                                     return_intermediates=True)                        # (C1) Informer
+        final, inter = api.transform(x0, int(self.t_start), int(self.num_steps), seed=requests,   # (C1) Informer
+                                     return_intermediates=True, **({} if cond is None else {"prompt": list(cond)}))
         outs = [inter[t].float().cpu() for t in sorted(inter, reverse=True)] if inter else [final.float().cpu()]
         if self.blur:
             outs = [box_blur(o) for o in outs]                                         # (C4)

@@ -13,6 +13,8 @@ An API attack sees a diffusion model only as an image service with two calls (:c
   decoded to pixel space; ``final`` is the output image, which is the estimate at the last step
   (tau = 0). ``seed`` is an int (image i then uses seed + i) or a sequence of N ints, one per image:
   image i's noise depends on its own seed only, so results do not depend on batching.
+* text-to-image services take ``prompt`` in both calls: one string, or one per image (None: unconditional,
+  or the empty prompt).
 
 Images are float tensors N x C x H x W in [-1, 1] both ways. Neither call exposes a noise prediction.
 
@@ -48,10 +50,10 @@ class GenerationAPI(Protocol):
     (T, public information such as "strength = t_start / T"; 1000 is assumed when absent).
     """
 
-    def generate(self, n: int, seed: int = 0) -> torch.Tensor: ...
+    def generate(self, n: int, seed: int = 0, prompt=None) -> torch.Tensor: ...
 
     def transform(self, images: torch.Tensor, t_start: int, num_steps: int, seed=0,
-                  return_intermediates: bool = True) -> tuple[torch.Tensor, dict[int, torch.Tensor]]: ...
+                  return_intermediates: bool = True, prompt=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]: ...
 
 
 def transform_timesteps(t_start: int, num_steps: int, num_train_timesteps: int = 1000) -> tuple[int, ...]:
@@ -161,7 +163,8 @@ class CallableAPI:
     ``generate_fn(n, seed) -> images`` and ``transform_fn(images, t_start, num_steps, seed) ->
     (final, intermediates)`` (or just ``final``; then intermediates are ``{}``) must follow the protocol
     of the module docstring: images N x C x H x W in [-1, 1] (tensors or arrays), ``seed`` an int or one
-    int per image, intermediates ``{step: images}`` at the reverse-process steps. Either function may be
+    int per image, intermediates ``{step: images}`` at the reverse-process steps; a ``prompt`` keyword is
+    passed on only when an attack gives one (text-to-image services). Either function may be
     None if the attacks in use do not need it. ``identity`` (a string naming the model and its settings)
     lets generated sets be cached on disk; without it they are not. Outputs are checked (shape, count,
     range) and calls are counted like :class:`DiffusersAPI` does.
@@ -190,23 +193,25 @@ class CallableAPI:
     def api_calls(self) -> int:
         return self.generate_calls + self.transform_calls
 
-    def generate(self, n: int, seed: int = 0) -> torch.Tensor:
+    def generate(self, n: int, seed: int = 0, prompt=None) -> torch.Tensor:
         if self._generate_fn is None:
             raise DiffmiaError("this CallableAPI has no generate_fn")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise DiffmiaError(f"generate: n must be a positive integer, got {n!r}")
         self.generate_calls += 1
-        out = _as_images(self._generate_fn(int(n), seed), "generate_fn output", n=int(n))
+        kw = {} if prompt is None else {"prompt": prompt}
+        out = _as_images(self._generate_fn(int(n), seed, **kw), "generate_fn output", n=int(n))
         self.images_generated += int(n)
         return out
 
-    def transform(self, images, t_start: int, num_steps: int, seed=0, return_intermediates: bool = True):
+    def transform(self, images, t_start: int, num_steps: int, seed=0, return_intermediates: bool = True,
+                  prompt=None):
         if self._transform_fn is None:
             raise DiffmiaError("this CallableAPI has no transform_fn")
         x0 = _as_images(images, "transform")
         transform_timesteps(t_start, num_steps, self.num_train_timesteps)      # validates the arguments
         self.transform_calls += 1
-        res = self._transform_fn(x0, int(t_start), int(num_steps), seed)
+        res = self._transform_fn(x0, int(t_start), int(num_steps), seed, **({} if prompt is None else {"prompt": prompt}))
         final, inter = res if isinstance(res, tuple) else (res, {})
         final = _as_images(final, "transform_fn output", n=len(x0), shape=x0.shape[1:])
         if not isinstance(inter, dict):

@@ -42,6 +42,11 @@ class DiffusersTarget:
         size = sample_size(self.unet.config)
         return (self.unet.config.in_channels, size, size)
 
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """The shape eps works on (the image itself for a pixel model)."""
+        return self.sample_shape
+
     @classmethod
     def from_pretrained(cls, path, weights: str = "ema", device: str = "auto",
                         batch_size: int = 256) -> "DiffusersTarget":

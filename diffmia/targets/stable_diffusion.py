@@ -66,6 +66,12 @@ class LatentDiffusersTarget:
         size = sample_size(self.unet.config) * vae_scale(self.vae.config)
         return (self.vae.config.in_channels, size, size)
 
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """The latents' shape (C, h, w) eps works on."""
+        s = sample_size(self.unet.config)
+        return (self.unet.config.in_channels, s, s)
+
     @classmethod
     def from_pretrained(cls, path, weights: str = "ema", device: str = "auto", batch_size: int = 64,
                         guidance_scale: float = 1.0, sample_posterior: bool = False) -> "LatentDiffusersTarget":
