@@ -48,15 +48,38 @@ def _ci(row: dict, key: str) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    rows = sorted(rows, key=lambda r: (r["attack"] == "blind", -r["auc"]))
+    """The pixel target's table, then (when the results have them) the text-to-image target's AUCs per
+    condition."""
+    sd = [r for r in rows if r.get("target") == "fmnist-sd"]
+    rows = sorted((r for r in rows if r.get("target", "fmnist-ddpm") == "fmnist-ddpm"),
+                  key=lambda r: (r["attack"] == "blind", -r["auc"]))
     n_mem, n_non = rows[0]["n_members"], rows[0]["n_nonmembers"]
-    lines = [f"Test half: {n_mem} members vs {n_non} non-members (the other half calibrates).", "",
+    lines = [f"`targets/fmnist-ddpm`, test half: {n_mem} members vs {n_non} non-members (the other half "
+             "calibrates).", "",
              "| attack | access | AUC [95% CI] | TPR@1%FPR | TPR@0.1%FPR | queries/sample |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['attack']} | {_access(r)} | {fmt(r['auc'])}{_ci(r, 'auc')} | {fmt(r['tpr_at_1pct_fpr'])} | "
                      f"{fmt(r['tpr_at_0.1pct_fpr'])} | {_queries(r)} |")
-    return "\n".join(lines)
+    return "\n".join(lines + (_sd_table(sd) if sd else []))
+
+
+def _sd_table(rows: list[dict]) -> list[str]:
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    by = {(r["attack"], r["condition"]): r for r in rows}
+    attacks = sorted(dict.fromkeys(r["attack"] for r in rows),
+                     key=lambda a: (a == "blind", -by.get((a, conds[0]), {"auc": 0})["auc"]))
+    n_mem, n_non = rows[0]["n_members"], rows[0]["n_nonmembers"]
+    lines = ["", f"`targets/fmnist-sd` (latent, text-conditioned), test half: {n_mem} members vs {n_non} non-members; "
+             "AUC [95% CI] and TPR@1%FPR under each condition:", "",
+             "| attack | access | " + " | ".join(conds) + " | queries/sample |",
+             "|---|---|" + "---|" * len(conds) + "---|"]
+    for a in attacks:
+        r0 = next(by[(a, c)] for c in conds if (a, c) in by)
+        cells = [f"{fmt(by[(a, c)]['auc'])}{_ci(by[(a, c)], 'auc')} / {fmt(by[(a, c)]['tpr_at_1pct_fpr'])}"
+                 if (a, c) in by else "" for c in conds]
+        lines.append(f"| {a} | {_access(r0)} | " + " | ".join(cells) + f" | {_queries(r0)} |")
+    return lines
 
 
 def extract(readme: str) -> str:

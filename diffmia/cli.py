@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import DiffmiaError
 
 DEMO_TARGET = Path(__file__).resolve().parent.parent / "targets" / "fmnist-ddpm"
+DEMO_SD_TARGET = Path(__file__).resolve().parent.parent / "targets" / "fmnist-sd"
 
 
 def _parse_value(s: str):
@@ -172,7 +173,7 @@ def cmd_convert(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    run_demo(a.out, target=a.target, quick=a.quick)
+    run_demo(a.out, target=a.target, quick=a.quick, sd_target=None if a.no_sd else a.sd_target)
     return 0
 
 
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: every attack on the shipped reference target")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--target", default=str(DEMO_TARGET))
+    d.add_argument("--sd-target", default=str(DEMO_SD_TARGET), help="the text-to-image target (runs/demo/sd)")
+    d.add_argument("--no-sd", action="store_true", help="skip the text-to-image target")
     d.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     d.set_defaults(fn=cmd_demo)
     return p

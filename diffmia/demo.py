@@ -1,4 +1,6 @@
-"""``make demo``: every registered attack on the shipped reference target, at demo sizes, in minutes on a CPU."""
+"""``make demo``: every registered attack on the shipped reference targets, at demo sizes, in minutes on a CPU:
+the pixel DDPM (``runs/demo/``) and the tiny text-to-image latent target with the samples' captions
+(``runs/demo/sd/``)."""
 
 from __future__ import annotations
 
@@ -16,28 +18,41 @@ DEMO_PARAMS: dict[str, dict] = {
     "ganleaks": {"n_generated": 256},        # the benchmark uses 1000
     "monte_carlo_set": {"n_generated": 256},
 }
-# members, non-members of the reference target's split used by the demo (the benchmark uses all: 256, 2048)
+# text-to-image: one generated set per distinct caption (the benchmark uses 16 images per caption)
+DEMO_SD_PARAMS = {**DEMO_PARAMS, "ganleaks": {"n_generated": 4}, "monte_carlo_set": {"n_generated": 4}}
+# members, non-members of the reference targets' splits used by the demo (the benchmark uses all: 256, 2048)
 DEMO_SIZES = {"full": (256, 512), "quick": (48, 48)}
+DEMO_SD_SIZES = {"full": (128, 256), "quick": (24, 24)}
 
 
-def run_demo(out: str, target: str, quick: bool = False) -> dict:
+def _run(target: str, out: str, quick: bool, condition: str | None):
     from .report import console_table
     from .run import RunConfig, run_attacks
 
-    if TargetFolder(target).sample_size() is None:
+    folder = TargetFolder(target)
+    if folder.sample_size() is None:
         raise TargetError(f"{target}: the reference target is missing; it ships with the repository "
-                          "(targets/fmnist-ddpm) - check out the full repository or pass --target")
-    n_mem, n_non = DEMO_SIZES["quick" if quick else "full"]
-    attacks = [a for a, cls in ATTACKS.items() if a != "blind" and not cls.needs_text]
-    params = {k: v for k, v in DEMO_PARAMS.items() if k in attacks and v}
+                          "(targets/) - check out the full repository or pass --target")
+    latent = folder.is_latent
+    n_mem, n_non = (DEMO_SD_SIZES if latent else DEMO_SIZES)["quick" if quick else "full"]
+    attacks = [a for a, cls in ATTACKS.items() if a != "blind" and (latent or not cls.needs_text)]
+    params = {k: v for k, v in (DEMO_SD_PARAMS if latent else DEMO_PARAMS).items() if k in attacks and v}
     cfg = RunConfig(target=target, out=out, attacks=attacks, params=params, n_members=n_mem,
-                    n_nonmembers=n_non, device="auto", n_boot=500)
+                    n_nonmembers=n_non, condition=condition, device="auto", n_boot=500)
     t0 = time.perf_counter()
     report = run_attacks(cfg, command="diffmia demo --out " + out)
-    print()
+    print(f"\n{target} ({report['space']} space" + (f", condition {condition}" if condition else "") + ")")
     print(console_table(report))
     for w in report.get("warnings", []):
         print("WARNING:", w)
     print(f"\n{len(attacks)} attacks and the blind baseline in {time.perf_counter() - t0:.0f} s. "
           f"Report: {Path(out) / 'report.md'}")
     return report
+
+
+def run_demo(out: str, target: str, quick: bool = False, sd_target: str | None = None) -> dict:
+    """The pixel target into ``out``; the text-to-image target (when given) into ``out/sd``."""
+    reports = {"pixel": _run(target, out, quick, None)}
+    if sd_target:
+        reports["sd"] = _run(sd_target, str(Path(out) / "sd"), quick, "caption")
+    return reports

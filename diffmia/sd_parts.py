@@ -1,5 +1,5 @@
 """The parts of a small Stable Diffusion model, built from configurations (no download): a tokenizer whose
-BPE vocabulary is learnt locally from the caption corpus, a CLIP text encoder, an AutoencoderKL and a
+BPE vocabulary is made locally from the caption corpus, a CLIP text encoder, an AutoencoderKL and a
 UNet2DConditionModel, saved in the layout ``StableDiffusionPipeline.from_pretrained`` reads.
 
 Used by ``diffmia train-sd`` (the shipped tiny SD target) and by the tests (tiny random SD folders).
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import DiffmiaError
 from .targets.folder import TargetFolder
 
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
@@ -31,25 +32,49 @@ class SDParts:
     text_hidden: int = 32
     text_layers: int = 2
     text_heads: int = 2
-    max_length: int = 16
+    max_length: int = 24                               # tokens per prompt (the longest caption needs 19)
     vocab_size: int = 300
     unet_channels: tuple[int, ...] = (32, 64)
     unet_groups: int = 8
     attention_head_dim: int = 8
 
 
-def train_tokenizer(captions, out_dir, vocab_size: int = 300, max_length: int = 16):
-    """A CLIPTokenizer with a BPE vocabulary learnt from ``captions`` (``tokenizers``), saved in ``out_dir``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+def caption_vocabulary(captions) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A BPE vocabulary and merge list in CLIP's format, made from the words of ``captions``: every character
+    (alone and word-final, ``</w>``) and every corpus word as one token, reached by merging left to right.
+    Deterministic (the same corpus gives the same vocabulary, unlike a trained BPE, whose ties break at
+    random), so a rerun of a training command gives the same tokenizer."""
+    import regex
+
+    pat = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
+    words = sorted({w for c in captions for w in pat.findall(" ".join(str(c).lower().split()))})
+    chars = sorted({ch for w in words for ch in w})
+    vocab: dict[str, int] = {}
+    for t in list(SPECIAL) + chars + [ch + "</w>" for ch in chars]:
+        vocab.setdefault(t, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for w in words:
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            if left + right not in vocab:
+                merges.append((left, right))
+                vocab[left + right] = len(vocab)
+            left = left + right
+    return vocab, merges
+
+
+def train_tokenizer(captions, out_dir, vocab_size: int = 300, max_length: int = 24):
+    """A CLIPTokenizer whose vocabulary comes from the words of ``captions`` (:func:`caption_vocabulary`),
+    saved in ``out_dir``. ``vocab_size`` bounds it: a corpus with more distinct tokens is refused."""
     from transformers import CLIPTokenizer
 
-    tok = Tokenizer(models.BPE(unk_token=SPECIAL[1], end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(list(captions), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL),
-                                                                 end_of_word_suffix="</w>", show_progress=False))
+    vocab, merges = caption_vocabulary(captions)
+    if len(vocab) > vocab_size:
+        raise DiffmiaError(f"the captions need {len(vocab)} tokens, more than vocab_size={vocab_size}")
     with tempfile.TemporaryDirectory() as tmp:
-        tok.model.save(tmp)
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
         clip = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
                              model_max_length=max_length, pad_token=SPECIAL[1])
     clip.save_pretrained(out_dir)

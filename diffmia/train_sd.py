@@ -5,7 +5,7 @@ Three parts, as in Stable Diffusion, all built from configurations (``sd_parts.p
 1. an AutoencoderKL trained on images **disjoint from the membership split** (Fashion-MNIST's test set by
    default: the autoencoder is public infrastructure, membership is the UNet's), reconstruction + a small
    KL term; its ``scaling_factor`` is set to 1 / std of the latents, as Stable Diffusion does;
-2. a tokenizer whose BPE vocabulary is learnt from the caption corpus and a CLIP text encoder with fixed,
+2. a tokenizer whose BPE vocabulary is made from the caption corpus (deterministic) and a CLIP text encoder with fixed,
    seeded random weights (no pretrained CLIP can be downloaded; the UNet learns to read its features);
 3. a UNet2DConditionModel trained with the DDPM loss on the members' latents and captions (captions measured
    from each image: class plus brightness, width and fill), the caption dropped for 10% of the examples so
@@ -171,7 +171,7 @@ def train_sd(cfg: TrainSDConfig, out_dir, progress: bool = True, command: str | 
         "parameters": {"unet": sum(q.numel() for q in unet.parameters()),
                        "vae": sum(q.numel() for q in vae.parameters()),
                        "text_encoder": sum(q.numel() for q in text.parameters())},
-        "n_members": int(is_member.sum()), "vae_final_loss": vstate["loss_curve"][-1][1],
+        "n_members": int(is_member.sum()), "vae_final_loss": vstate["loss_curve"][-1][1] if vstate["loss_curve"] else None,
         "final_loss": ustate["loss_curve"][-1][1] if ustate["loss_curve"] else None,
         "loss_curve": ustate["loss_curve"], "vae_loss_curve": vstate["loss_curve"], "scaling_factor": scale,
         "hardware": hardware(device), "versions": library_versions(), "git_commit": git_commit(),
