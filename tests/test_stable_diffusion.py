@@ -245,3 +245,25 @@ def test_sd_api_generate_by_prompt_and_api_attacks(sd_dir, sd_api, tmp_path):
     # generated sets are keyed by prompt: one per distinct caption of the 24 samples
     caps = {r["caption"] for r in __import__("csv").DictReader(open(TargetFolder(sd_dir).captions_csv))}
     assert len(list((tmp_path / "gen").glob("gen-*.npz"))) == len(caps)
+
+
+def test_readme_sd_command_shape_with_an_image_folder(sd_dir, fmnist, tmp_path):
+    """The README's own-model recipe: an image folder, a file,caption CSV and a plain members/nonmembers
+    split file (positions in the sorted folder), run through `diffmia attack --captions`."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(16):
+        Image.fromarray(fmnist.images[i, ..., 0]).save(images / f"img{i:02d}.png")
+        rows.append((f"img{i:02d}.png", f"a photo number {i}"))
+    with open(tmp_path / "captions.csv", "w") as f:
+        f.write("file,caption\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    (tmp_path / "my_split.json").write_text(json.dumps({"members": list(range(8)), "nonmembers": list(range(8, 16))}))
+    run = tmp_path / "run"
+    assert main(["attack", "--target", str(sd_dir), "--data", str(images), "--split", str(tmp_path / "my_split.json"),
+                 "--captions", str(tmp_path / "captions.csv"), "--condition", "caption", "--attacks", "loss,clid",
+                 "--out", str(run), "--device", "cpu", "--n-boot", "0", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["condition"] == "caption" and m["attacks"]["clid"]["measured_queries_per_sample"] == 15

@@ -135,8 +135,11 @@ class LatentDiffusersTarget:
 
     @torch.inference_mode()
     def encode_prompts(self, prompts) -> torch.Tensor:
-        """Text-encoder hidden states [N, L, D] of the prompts (cached per distinct prompt)."""
+        """Text-encoder hidden states [N, L, D] of the prompts (cached per distinct prompt, at most 2048)."""
         todo = sorted({p for p in prompts if p not in self._prompts})
+        if len(self._prompts) + len(todo) > 2048:
+            self._prompts.clear()                      # a large audit: keep memory bounded
+            todo = sorted(set(prompts))
         if todo:
             ids = self.tokenizer(todo, padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids.to(self.device)
