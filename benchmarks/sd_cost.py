@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     dtype = getattr(torch, a.dtype)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    unet = UNet2DConditionModel(**SD15_UNET).to(device, dtype).eval()
-    vae = AutoencoderKL(**SD15_VAE).to(device, dtype).eval()
+    move = (lambda m: m.to(device)) if dtype == torch.float32 else (lambda m: m.to(device, dtype))
+    unet = move(UNet2DConditionModel(**SD15_UNET)).eval()
+    vae = move(AutoencoderKL(**SD15_VAE)).eval()
     build = time.perf_counter() - t0
     per_batch = {}
     for b in (int(x) for x in a.batch_sizes.split(",")):
