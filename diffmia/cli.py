@@ -79,12 +79,17 @@ def cmd_train(a) -> int:
     cfg = TrainConfig.from_dict(d)
     out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
                 max_steps_this_run=a.max_steps_this_run)
-    if (out / "training.json").exists():
-        rec = json.loads((out / "training.json").read_text())
-        print(f"target written to {out}: {rec['steps']} steps, {rec['parameters']} parameters, "
-              f"{rec['seconds_per_step']} s/step, final loss {rec['final_loss']:.4f}")
-    else:
-        print(f"checkpoint saved in {out}; run the same command again to continue")
+    return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
+                                   f"{r['seconds_per_step']} s/step, final loss {r['final_loss']:.4f}")
+
+
+def _trained(out, summary) -> int:
+    """Print what a training command left: the finished target's summary, or how to continue."""
+    from .targets import TargetFolder
+
+    folder = TargetFolder(out)
+    print(summary(folder.training_record()) if folder.training_json.exists()
+          else f"checkpoint saved in {out}; run the same command again to continue")
     return 0
 
 
@@ -96,13 +101,8 @@ def cmd_train_sd(a) -> int:
         raise DiffmiaError("--steps, --vae-steps, --batch-size and --n-members must be positive")
     out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
                    max_steps_this_run=a.max_steps_this_run)
-    if (out / "training.json").exists():
-        rec = json.loads((out / "training.json").read_text())
-        print(f"SD target written to {out}: {rec['steps']} UNet steps ({rec['parameters']['unet']} parameters), "
-              f"{rec['vae_steps']} VAE steps, {rec['wall_seconds']} s")
-    else:
-        print(f"checkpoint saved in {out}; run the same command again to continue")
-    return 0
+    return _trained(out, lambda r: f"SD target written to {out}: {r['steps']} UNet steps ({r['parameters']['unet']} "
+                                   f"parameters), {r['vae_steps']} VAE steps, {r['wall_seconds']} s")
 
 
 def cmd_attack(a) -> int:

@@ -17,7 +17,7 @@ import torch
 from .errors import DiffmiaError
 from .targets.folder import TargetFolder
 
-SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+BOUNDARY_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 @dataclass
@@ -50,7 +50,7 @@ def caption_vocabulary(captions) -> tuple[dict[str, int], list[tuple[str, str]]]
     words = sorted({w for c in captions for w in pat.findall(" ".join(str(c).lower().split()))})
     chars = sorted({ch for w in words for ch in w})
     vocab: dict[str, int] = {}
-    for t in list(SPECIAL) + chars + [ch + "</w>" for ch in chars]:
+    for t in list(BOUNDARY_TOKENS) + chars + [ch + "</w>" for ch in chars]:
         vocab.setdefault(t, len(vocab))
     merges: list[tuple[str, str]] = []
     for w in words:
@@ -76,7 +76,7 @@ def train_tokenizer(captions, out_dir, vocab_size: int = 300, max_length: int = 
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
         clip = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
-                             model_max_length=max_length, pad_token=SPECIAL[1])
+                             model_max_length=max_length, pad_token=BOUNDARY_TOKENS[1])
     clip.save_pretrained(out_dir)
     return clip
 

@@ -25,7 +25,7 @@ from .data import MembershipSplit, load_dataset, to_model_input
 from .errors import DiffmiaError
 from .provenance import git_commit, hardware, library_versions
 from .targets.folder import TargetFolder, sample_size
-from .trainer import batch_positions, training_loop
+from .trainer import batch_positions, start_run, training_loop
 
 
 @dataclass
@@ -123,25 +123,11 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
           max_steps_this_run: int | None = None) -> Path:
     """Train (or resume) a target into ``out_dir``. ``max_steps_this_run`` stops early (for tests of
     resume); the folder is a loadable target only once all ``cfg.steps`` are done."""
-    from .targets.base import resolve_device
-
     folder = TargetFolder(out_dir)
     out = folder.path
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    cfg_file = folder.train_config_json
+    device = start_run(folder, cfg, free=("steps", "device", "threads", "checkpoint_every", "sample_grid",
+                                          "sample_steps"))
     cfg_dict = asdict(cfg)
-    if cfg_file.exists():
-        before = json.loads(cfg_file.read_text())
-        differ = {k for k in cfg_dict if k not in ("steps", "device", "threads", "checkpoint_every",
-                                                   "sample_grid", "sample_steps")
-                  and json.dumps(before.get(k)) != json.dumps(cfg_dict[k])}
-        if differ:
-            raise DiffmiaError(f"{out} holds a run with other settings ({sorted(differ)}); "
-                               "use another output folder or the same options")
-    cfg_file.write_text(json.dumps(cfg_dict, indent=1))
 
     data = load_dataset(cfg.data, cfg.data_root)
     if cfg.split:

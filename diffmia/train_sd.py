@@ -30,11 +30,10 @@ import torch
 from . import ops
 from .data import MembershipSplit, load_dataset, to_model_input
 from .data.captions import fashion_mnist_captions
-from .errors import DiffmiaError
 from .provenance import git_commit, hardware, library_versions
 from .sd_parts import SDParts, build_parts, save_sd_folder, train_tokenizer
 from .targets.folder import TargetFolder
-from .trainer import batch_positions, training_loop
+from .trainer import batch_positions, start_run, training_loop
 
 
 @dataclass
@@ -72,23 +71,10 @@ def _captions_file(path: Path, ids, captions) -> None:
 def train_sd(cfg: TrainSDConfig, out_dir, progress: bool = True, command: str | None = None,
              max_steps_this_run: int | None = None) -> Path:
     """Train (or resume) the tiny SD target into ``out_dir`` (see the module docstring)."""
-    from .targets.base import resolve_device
-
     folder = TargetFolder(out_dir)
     out = folder.path
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = start_run(folder, cfg)
     cfg_dict = asdict(cfg)
-    if folder.train_config_json.exists():
-        before = json.loads(folder.train_config_json.read_text())
-        differ = {k for k in cfg_dict if k not in ("steps", "device", "threads", "checkpoint_every")
-                  and json.dumps(before.get(k)) != json.dumps(cfg_dict[k])}
-        if differ:
-            raise DiffmiaError(f"{out} holds a run with other settings ({sorted(differ)}); "
-                               "use another output folder or the same options")
-    folder.train_config_json.write_text(json.dumps(cfg_dict, indent=1))
 
     # data, split and captions
     pool = load_dataset("fashion-mnist", cfg.data_root)

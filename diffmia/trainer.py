@@ -23,6 +23,29 @@ def batch_positions(step: int, batch: int, n: int, seed: int) -> np.ndarray:
     return np.asarray(out)
 
 
+def start_run(folder, cfg, free: tuple[str, ...] = ("steps", "device", "threads", "checkpoint_every")):
+    """Prepare ``folder`` (a TargetFolder) for training with configuration ``cfg`` (a dataclass): a folder that
+    holds a run with other settings (except the ``free`` ones, which a rerun may change) is refused; the
+    configuration is recorded. Sets the torch threads and returns the device."""
+    from dataclasses import asdict
+
+    from .errors import DiffmiaError
+    from .targets.base import resolve_device
+
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    now = asdict(cfg)
+    if folder.train_config_json.exists():
+        before = json.loads(folder.train_config_json.read_text())
+        differ = {k for k in now if k not in free and json.dumps(before.get(k)) != json.dumps(now[k])}
+        if differ:
+            raise DiffmiaError(f"{folder.path} holds a run with other settings ({sorted(differ)}); "
+                               "use another output folder or the same options")
+    folder.train_config_json.write_text(json.dumps(now, indent=1))
+    return resolve_device(cfg.device)
+
+
 def save_checkpoint(ck: Path, modules: dict, opt, state: dict) -> None:
     """Atomically replace the checkpoint folder ``ck``: each module's weights (safetensors), the optimiser
     state and a JSON state."""

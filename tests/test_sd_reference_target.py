@@ -3,7 +3,6 @@ diffusers, reproducible scores, real signal, and the caption ablation: the true 
 better than the empty one (the direction SecMI-LDM and CLiD report)."""
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np

@@ -28,6 +28,16 @@ class NoisePredictor(Protocol):
     def to_model_space(self, images: torch.Tensor, seeds=None) -> torch.Tensor: ...
 
 
+def timestep_tensor(t, n: int, num_train_timesteps: int, device) -> torch.Tensor:
+    """t (an int or a tensor [n]) as a long tensor [n] on ``device``, inside 0..T-1."""
+    if not torch.is_tensor(t) or t.ndim == 0:
+        t = torch.full((n,), int(t), dtype=torch.long)
+    t = t.to(device).long()
+    if int(t.min()) < 0 or int(t.max()) >= num_train_timesteps:
+        raise ValueError(f"timestep out of range [0, {num_train_timesteps - 1}]: {int(t.min())}..{int(t.max())}")
+    return t
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

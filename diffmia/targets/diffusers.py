@@ -9,7 +9,7 @@ import torch
 
 from .. import ops
 from ..errors import TargetError
-from .base import resolve_device
+from .base import resolve_device, timestep_tensor
 from .folder import TargetFolder, sample_size
 
 
@@ -78,12 +78,7 @@ class DiffusersTarget:
     def eps(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
         """eps_theta(x_t, t, cond), in batches of ``batch_size``; counts one query per image."""
         n = x_t.shape[0]
-        if not torch.is_tensor(t) or t.ndim == 0:
-            t = torch.full((n,), int(t), dtype=torch.long)
-        t = t.to(self.device).long()
-        if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
-            raise ValueError(f"timestep out of range [0, {self.num_train_timesteps - 1}]: "
-                             f"{int(t.min())}..{int(t.max())}")
+        t = timestep_tensor(t, n, self.num_train_timesteps, self.device)
         x_t = x_t.to(self.device, self.dtype)
         outs = []
         start = time.perf_counter()

@@ -25,7 +25,7 @@ import torch
 
 from .. import ops
 from ..errors import TargetError
-from .base import resolve_device
+from .base import resolve_device, timestep_tensor
 from .folder import LATENT_COMPONENTS, TargetFolder, sample_size, vae_scale
 
 
@@ -155,12 +155,7 @@ class LatentDiffusersTarget:
         prompts = [""] * n if cond is None else [str(c) for c in cond]
         if len(prompts) != n:
             raise TargetError(f"got {len(prompts)} prompts for {n} latents")
-        if not torch.is_tensor(t) or t.ndim == 0:
-            t = torch.full((n,), int(t), dtype=torch.long)
-        t = t.to(self.device).long()
-        if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
-            raise ValueError(f"timestep out of range [0, {self.num_train_timesteps - 1}]: "
-                             f"{int(t.min())}..{int(t.max())}")
+        t = timestep_tensor(t, n, self.num_train_timesteps, self.device)
         x_t = x_t.to(self.device, self.dtype)
         guided = self.guidance_scale != 1.0
         outs = []
