@@ -1,4 +1,4 @@
-"""``diffmia`` command line: train | train-sd | attack | report | list | split | convert | demo.
+"""``diffmia`` command line: train | train-sd | train-references | attack | report | list | split | convert | demo.
 
 A user mistake (missing file, unknown attack, bad option) prints one line ``diffmia: error: ...`` and
 exits with status 2; nothing already computed is lost (features are cached per chunk in the run folder).
@@ -105,6 +105,17 @@ def cmd_train_sd(a) -> int:
                                    f"parameters), {r['vae_steps']} VAE steps, {r['wall_seconds']} s")
 
 
+def cmd_train_references(a) -> int:
+    from .references import finished_references, train_references
+
+    out = train_references(a.target, a.k, a.out, device=a.device, threads=a.threads, progress=not a.quiet,
+                           max_steps_this_run=a.max_steps_this_run)
+    done = [p.name for p in finished_references(out)] if any(out.glob("ref-*/training.json")) else []
+    print(f"{len(done)} of {a.k} reference models finished in {out}"
+          + ("" if len(done) == a.k else "; run the same command again to continue"))
+    return 0
+
+
 def cmd_attack(a) -> int:
     from .report import console_table
     from .run import RunConfig, run_attacks
@@ -153,7 +164,16 @@ def cmd_split(a) -> int:
         raise DiffmiaError(f"--format {fmt} writes {'an .npz' if fmt == 'secmi' else 'a .json'} file; "
                            f"--out {a.out!r} has another suffix")
     data = load_dataset(a.data, a.data_root)
-    split = MembershipSplit.random(data, a.n_members, a.n_nonmembers, seed=a.seed)
+    if a.extend:
+        from .references import extend_split
+
+        if a.n_nonmembers is None:
+            raise DiffmiaError("--extend needs --n-nonmembers (the new total)")
+        split = extend_split(MembershipSplit.load(a.extend), data, a.n_nonmembers, seed=a.seed)
+    elif a.n_members is None:
+        raise DiffmiaError("--n-members is required (or --extend SPLIT to add non-members to a split)")
+    else:
+        split = MembershipSplit.random(data, a.n_members, a.n_nonmembers, seed=a.seed)
     split.save(a.out)
     print(f"{a.out}: {len(split.members)} members, {len(split.nonmembers)} non-members of {data.name}"
           + (" (SecMI/PIA format: mia_train_idxs, mia_eval_idxs)" if fmt == "secmi" else ""))
@@ -197,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--quiet", action="store_true")
     _add_config_args(ts, TrainSDConfig)
     ts.set_defaults(fn=cmd_train_sd)
+
+    tr = sub.add_parser("train-references", help="train reference models (the target's recipe, none of its "
+                        "candidates) for the refcal attack")
+    tr.add_argument("--target", required=True, help="the target folder (its training.json gives the recipe)")
+    tr.add_argument("--k", type=int, default=4, help="number of reference models (default 4)")
+    tr.add_argument("--out", required=True, help="output folder (ref-0, ref-1, ...); rerun to resume")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--max-steps-this-run", type=int, default=None, help="stop after this many steps (resume later)")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(fn=cmd_train_references)
 
     at = sub.add_parser("attack", help="score a split's samples with attacks and evaluate them")
     at.add_argument("--target", required=True, help="target folder (unet/, scheduler/, split.json)")
@@ -244,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("split", help="draw a seeded membership split of a data set")
     sp.add_argument("--data", default="fashion-mnist")
     sp.add_argument("--data-root", default=None)
-    sp.add_argument("--n-members", type=int, required=True)
+    sp.add_argument("--n-members", type=int, default=None)
+    sp.add_argument("--extend", default=None, metavar="SPLIT",
+                    help="keep this split's members and non-members and draw more non-members from the unused "
+                         "images, up to --n-nonmembers in all")
     sp.add_argument("--n-nonmembers", type=int, default=None)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="split file (.json, or .npz for the SecMI/PIA format)")
