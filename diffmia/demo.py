@@ -20,6 +20,9 @@ DEMO_PARAMS: dict[str, dict] = {
 }
 # text-to-image: one generated set per distinct caption (the benchmark uses 16 images per caption)
 DEMO_SD_PARAMS = {**DEMO_PARAMS, "ganleaks": {"n_generated": 4}, "monte_carlo_set": {"n_generated": 4}}
+# refcal runs in the demo when reference models of the target are there (they are not shipped: about 70
+# minutes on 2 CPU cores): diffmia train-references --target targets/fmnist-ddpm --k 4 --out <this folder>
+DEMO_REFERENCES = Path(__file__).resolve().parent.parent / "runs" / "references"
 # members, non-members of the reference targets' splits used by the demo (the benchmark uses all: 256, 2048)
 DEMO_SIZES = {"full": (256, 512), "quick": (48, 48)}
 DEMO_SD_SIZES = {"full": (128, 256), "quick": (24, 24)}
@@ -35,8 +38,15 @@ def _run(target: str, out: str, quick: bool, condition: str | None):
                           "(targets/) - check out the full repository or pass --target")
     latent = folder.is_latent
     n_mem, n_non = (DEMO_SD_SIZES if latent else DEMO_SIZES)["quick" if quick else "full"]
-    attacks = [a for a, cls in ATTACKS.items() if a != "blind" and (latent or not cls.needs_text)]
+    attacks = [a for a, cls in ATTACKS.items() if a not in ("blind", "refcal") and (latent or not cls.needs_text)]
     params = {k: v for k, v in (DEMO_SD_PARAMS if latent else DEMO_PARAMS).items() if k in attacks and v}
+    refs = DEMO_REFERENCES / folder.path.name
+    if any(refs.glob("ref-*/training.json")):
+        attacks.append("refcal")
+        params["refcal"] = {"references": str(refs)}
+    elif not latent:
+        print(f"refcal left out: no reference models in {refs} (make them with: diffmia train-references "
+              f"--target {target} --k 4 --out {refs})")
     cfg = RunConfig(target=target, out=out, attacks=attacks, params=params, n_members=n_mem,
                     n_nonmembers=n_non, condition=condition, device="auto", n_boot=500)
     t0 = time.perf_counter()

@@ -108,13 +108,16 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 #   train_vae       -     seed, step                   1000003 seed + step + 500000000       diffmia train-sd (VAE)
 #   vae_posterior   s     -                            mix(s, 70000000)                      latent targets that
 #                                                                                            sample the VAE posterior
+#   noise_aggregation s   seed, t, injection k         mix(s, 90000000 + 10007 seed         noise_aggregation
+#                                                          + 1000 k + t)
 #
 # with mix(s, salt) = (1000003 s + 7919 salt + 12345) mod 2^63 the seed of a torch.Generator. Promises
 # that follow (and are tested): forensics' eps-trajectory at t equals the loss attack's loss at t for
 # every seed; with seed 0, ``DiffusersAPI.transform`` from t_start for request seed s starts from the loss
 # attack's noise of sample s at t = t_start (so does forensics_graybox, whose request seed at seed 0 is
 # the sample id). With another attack seed, gray-box/observer noise is a different, independent draw.
-STREAMS = ("loss", "forensics", "clid", "api_request", "transform", "transform_step", "generate", "train", "train_vae", "vae_posterior")
+STREAMS = ("loss", "forensics", "clid", "api_request", "transform", "transform_step", "generate", "train", "train_vae", "vae_posterior",
+           "noise_aggregation")
 
 
 def _mix(s: int, salt: int) -> int:
@@ -139,6 +142,8 @@ def stream_seed(stream: str, sample: int = 0, *, seed: int = 0, t: int = 0, step
         return int(seed) * 1_000_003 + int(step) + 500_000_000
     if stream == "vae_posterior":
         return _mix(sample, 70_000_000)
+    if stream == "noise_aggregation":
+        return _mix(sample, 90_000_000 + int(seed) * 10_007 + int(step) * 1_000 + int(t))
     raise ValueError(f"unknown noise stream {stream!r}; streams: {STREAMS}")
 
 

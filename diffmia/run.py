@@ -75,6 +75,37 @@ def make_attack(name: str, params: dict | None = None):
     return attack
 
 
+def share_component_params(attack, params: dict) -> None:
+    """Composite attacks (fusion, refcal) use their components with the run's ``--param`` of those attacks
+    (unless given explicitly), so a component's features are the same cached chunks as its own run's."""
+    if not hasattr(attack, "component_attacks"):
+        return
+    own = dict(attack.component_params or {})
+    names = attack.components if hasattr(attack, "components") else [attack.base]
+    for n in names:
+        if n in params and n not in own:
+            own[n] = dict(params[n])
+    attack.component_params = own or None
+    attack.component_attacks()            # check the components now, before any work
+    if hasattr(attack, "reference_folders"):
+        attack.reference_folders()        # and that the reference models exist
+
+
+def reference_fingerprint(folders, weights: str = "ema") -> list[str]:
+    """SHA-256 of each reference model's weight files: adding a reference model or retraining one changes it."""
+    import hashlib
+
+    from .targets import TargetFolder
+
+    out = []
+    for f in folders:
+        h = hashlib.sha256()
+        for p in sorted(TargetFolder(f).unet_dir(weights).glob("*.safetensors")):
+            h.update(p.read_bytes())
+        out.append(h.hexdigest()[:16])
+    return out
+
+
 # ----------------------------------------------------------------------------- the run
 def prepare_data(cfg: RunConfig):
     split_path = cfg.split or str(TargetFolder(cfg.target).split_path)
@@ -114,6 +145,8 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
     if cfg.blind and "blind" in ATTACKS and "blind" not in names:
         names.append("blind")
     attacks = {n: make_attack(n, cfg.params.get(n)) for n in names}   # validate all before any work
+    for a in attacks.values():   # a composite attack's components take the run's --param of that attack
+        share_component_params(a, cfg.params)
     unknown = set(cfg.params) - set(names)
     if unknown:
         raise DiffmiaError(f"--param given for attacks not in this run: {sorted(unknown)}")
@@ -134,20 +167,32 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
     results, all_scores = {}, {}
     targets: dict[str, object] = {}
     cache: dict = {}                  # reusable state of the attacks (generated sets, feature networks)
-    for name, attack in attacks.items():
+
+    def feature_stage(name, attack):
+        """The attack's features, computed chunk by chunk into (or reused from) its own cache folder."""
         key = {"params": attack.get_params(), "target": os.path.abspath(cfg.target),
                "weights": cfg.weights, "ids": cache_key(ids.tolist()), "data": cfg.data}
         if prompts is not None and attack.access != "none":            # what the text condition changes
             key.update(prompts=cache_key(prompts.tolist()), guidance_scale=cfg.guidance_scale)
+        if hasattr(attack, "reference_folders"):      # which reference models (their weights) the chunks saw
+            key["references"] = reference_fingerprint(attack.reference_folders(), attack.weights)
         key = cache_key(key)
         if cfg.workers <= 1 and attack.access not in targets and attack.access != "none":
             targets[attack.access] = load_target(cfg.target, attack.access, cfg.weights, cfg.device, cfg.batch_size,
                                                  cfg.guidance_scale)
-        feats, cost = compute_features(
+        return compute_features(
             attack, images, ids, out / "features" / f"{name}-{key}", target=targets.get(attack.access),
             cond=prompts if attack.access != "none" else None, target_folder=cfg.target, weights=cfg.weights,
             device=cfg.device, batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale,
             chunk_size=cfg.chunk_size, workers=cfg.workers, cache=cache, progress=cfg.progress)
+
+    for name, attack in attacks.items():
+        if isinstance(attack, ATTACKS["fusion"]):       # the components' own cached chunks, no new queries
+            parts = {c: feature_stage(c, comp) for c, comp in attack.component_attacks().items()}
+            feats = attack.combine({c: f for c, (f, _) in parts.items()})
+            cost = {k: sum(c[k] for _, c in parts.values()) for k in ("seconds", "queries", "forward_seconds")}
+        else:
+            feats, cost = feature_stage(name, attack)
         t0 = time.perf_counter()
         variants = protocol.attack_scores(attack, feats, is_member, calib, cfg.crossfit_folds, cfg.seed)
         cost["fit_seconds"] = time.perf_counter() - t0        # fitting (learned attacks) and scoring
@@ -174,6 +219,9 @@ def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps
     ev = protocol.evaluate(sc.variants, sc.is_member, sc.calibration, cfg.n_boot, cfg.seed)
     n = len(sc.ids)
     total = cost["seconds"] + cost.get("fit_seconds", 0.0)
+    if hasattr(attack, "component_weights") and getattr(attack, "weights_", None):
+        ev["component_weights"] = {k: round(v, 4) for k, v in attack.component_weights().items()}
+        ev["column_weights"] = {k: round(v, 4) for k, v in attack.weights_.items()}
     ev.update({
         "paper": attack.paper, "threat_model": attack.threat_model, "access": attack.access,
         "params": attack.get_params(), "learned": attack.learned,

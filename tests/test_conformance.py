@@ -1,12 +1,16 @@
 """Every registered attack honours the shared contract (run over the ATTACKS registry, like
 torchattacks' and scikit-learn's conformance suites). Separation/chance tests live in the per-paper files."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from diffmia.attacks import ATTACKS
 
 THREATS = {"white-box", "gray-box", "black-box", "no access"}
+# Inputs an attack cannot work without (no paper default exists): refcal's reference models.
+REQUIRED = {"refcal": {"references": str(Path(__file__).parent / "fixtures" / "references")}}
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -29,7 +33,7 @@ def test_declares_paper_threat_model_and_params(name):
 def test_model_attack_features_scores_contract(name, memorised_target, eval_set):
     x, is_member, ids = eval_set
     sel = np.r_[0:6, 32:38]                                # 6 members, 6 non-members
-    atk = ATTACKS[name]()
+    atk = ATTACKS[name](**REQUIRED.get(name, {}))
     memorised_target.queries = 0
     f = atk.features(memorised_target, x[sel], seeds=ids[sel])
     assert memorised_target.queries == atk.queries_per_sample() * len(sel)   # counted, not declared
@@ -44,7 +48,6 @@ def test_model_attack_features_scores_contract(name, memorised_target, eval_set)
 
 def test_file_names_equal_registry_names():
     """One file per registry entry, named after it; helpers shared by two attacks start with '_'."""
-    from pathlib import Path
 
     import diffmia.attacks as pkg
 
@@ -83,7 +86,7 @@ def test_features_leave_the_attack_unchanged_and_reuse_the_callers_cache(name, m
     cls = ATTACKS[name]
     target = {"model": sd_target if cls.needs_text else memorised_target, "api": fixture_api, "none": None}[cls.access]
     cond = ["a photo of a light, wide sandal", "a photo of a dark, narrow shirt", ""] if cls.needs_text else None
-    atk = cls(**SMALL.get(name, {}))
+    atk = cls(**SMALL.get(name, {}), **REQUIRED.get(name, {}))
     before = pickle.dumps(atk)
     cache: dict = {}
     calls = fixture_api.generate_calls

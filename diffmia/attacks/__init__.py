@@ -6,14 +6,18 @@ from .blind import BlindBaseline
 from .clid import CLiD
 from .forensics import ForensicsWhiteBox
 from .forensics_graybox import ForensicsGrayBox
+from .fusion import Fusion
 from .ganleaks import GANLeaks
 from .loss import LossAttack
 from .monte_carlo_set import MonteCarloSet
+from .noise_aggregation import NoiseAggregation
 from .observers import Observers
 from .pia import PIA
 from .pian import PIAN
+from .refcal import RefCal
 from .secmi import SecMIStat
 from .secmi_nns import SecMINNs
+from .sima import SimA
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     LossAttack,
@@ -22,6 +26,10 @@ ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     SecMINNs,
     PIA,
     PIAN,
+    SimA,
+    NoiseAggregation,
+    Fusion,
+    RefCal,
     ForensicsGrayBox,
     GANLeaks,
     MonteCarloSet,
@@ -30,5 +38,5 @@ ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     BlindBaseline,
 )}
 
-__all__ = ["ATTACKS", "Attack", "LossAttack", "ForensicsWhiteBox", "SecMIStat", "SecMINNs", "PIA", "PIAN",
-           "ForensicsGrayBox", "GANLeaks", "MonteCarloSet", "Observers", "CLiD", "BlindBaseline"]
+__all__ = ["ATTACKS", "Attack", "LossAttack", "ForensicsWhiteBox", "SecMIStat", "SecMINNs", "PIA", "PIAN", "SimA",
+           "NoiseAggregation", "Fusion", "RefCal", "ForensicsGrayBox", "GANLeaks", "MonteCarloSet", "Observers", "CLiD", "BlindBaseline"]
