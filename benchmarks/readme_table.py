@@ -51,11 +51,14 @@ def render(rows: list[dict]) -> str:
     """The pixel target's table, then (when the results have them) the text-to-image target's AUCs per
     condition."""
     sd = [r for r in rows if r.get("target") == "fmnist-sd"]
-    rows = sorted((r for r in rows if r.get("target", "fmnist-ddpm") == "fmnist-ddpm"),
-                  key=lambda r: (r["attack"] == "blind", -r["auc"]))
+    pixel = [r for r in rows if r.get("target", "fmnist-ddpm") == "fmnist-ddpm"]
+    config = "fmnist-ddpm-16k" if any(r.get("config") == "fmnist-ddpm-16k" for r in pixel) else "fmnist-ddpm"
+    rows = sorted((r for r in pixel if r.get("config", "fmnist-ddpm") == config),
+                  key=lambda r: (r["attack"] == "blind", -(r["tpr_at_1pct_fpr"] or 0), -r["auc"]))
     n_mem, n_non = rows[0]["n_members"], rows[0]["n_nonmembers"]
-    lines = [f"`targets/fmnist-ddpm`, test half: {n_mem} members vs {n_non} non-members (the other half "
-             "calibrates).", "",
+    split = "split_16k.json" if config.endswith("16k") else "split.json"
+    lines = [f"`targets/fmnist-ddpm` with `{split}`, test half: {n_mem} members vs {n_non} non-members (the other "
+             "half calibrates); sorted by TPR at 1% FPR.", "",
              "| attack | access | AUC [95% CI] | TPR@1%FPR | TPR@0.1%FPR | queries/sample |",
              "|---|---|---|---|---|---|"]
     for r in rows:
