@@ -241,6 +241,23 @@ def default_seeds(seeds, n: int) -> np.ndarray:
     return seeds
 
 
+def as_timesteps(t) -> tuple[int, ...]:
+    """A timestep parameter (an int or a sequence, a sweep) as a tuple of ints."""
+    return tuple(int(x) for x in t) if isinstance(t, (list, tuple)) else (int(t),)
+
+
+def sweep_scores(name: str, features: dict, key: str, ts) -> dict[str, np.ndarray]:
+    """Scores of an attack whose statistic ``features[f"{key}_{t}"]`` is an error (lower = member) at each t
+    of a sweep: the primary score -error at the first t, and with several t's one variant ``name[t=...]`` each."""
+    missing = [t for t in ts if f"{key}_{t}" not in features]
+    if missing:
+        raise DiffmiaError(f"{name}: features lack t={missing}; score with the t's they were computed with")
+    out = {name: -np.asarray(features[f"{key}_{ts[0]}"])}
+    if len(ts) > 1:
+        out.update({f"{name}[t={t}]": -np.asarray(features[f"{key}_{t}"]) for t in ts})
+    return out
+
+
 def check_timesteps(ts, target, name: str) -> tuple[int, ...]:
     """Timesteps (an int or a sequence) inside the target's 0..T-1."""
     ts = tuple(int(t) for t in (ts if isinstance(ts, (list, tuple)) else [ts]))

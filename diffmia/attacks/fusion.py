@@ -38,6 +38,9 @@ def _params_ok(v) -> bool:
     return v is None or (isinstance(v, dict) and all(isinstance(k, str) and isinstance(p, dict) for k, p in v.items()))
 
 
+COMPONENT_PARAMS = Param("a dict {attack: {parameter: value}} (or None)", _params_ok)
+
+
 def build_components(names, params: dict | None, owner: str) -> dict[str, Attack]:
     """The component attacks ``names`` (registry entries) with ``params[name]`` (or their defaults)."""
     from . import ATTACKS
@@ -90,7 +93,7 @@ class Fusion(Attack):
     learned = True
     _parameter_constraints = {
         "components": Param("a non-empty sequence of distinct attack names", _components_ok),
-        "component_params": Param("a dict {attack: {parameter: value}} (or None)", _params_ok),
+        "component_params": COMPONENT_PARAMS,
         "C": number(0, strict=True), "gb_iter": integer(1), "seed": integer(0)}
 
     def __init__(self, components=DEFAULT_COMPONENTS, component_params=None, C: float = 1.0, gb_iter: int = 200,

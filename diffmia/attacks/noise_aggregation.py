@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from .. import ops
-from ..errors import DiffmiaError
-from .base import SEED, TIMESTEP, Attack, check_timesteps, either, integer, sequence
+from .base import SEED, TIMESTEP, Attack, as_timesteps, check_timesteps, either, integer, sequence, sweep_scores
 
 
 class NoiseAggregation(Attack):
@@ -52,7 +51,7 @@ class NoiseAggregation(Attack):
         self.seed = seed
 
     def _ts(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.t) if isinstance(self.t, (list, tuple)) else (int(self.t),)
+        return as_timesteps(self.t)
 
     def _queries(self, num_train_timesteps):
         return self.k * len(self._ts())
@@ -76,13 +75,6 @@ class NoiseAggregation(Attack):
 
     def _scores(self, features):
         ts = self._ts()
-        missing = [t for t in ts if f"agg_{t}" not in features]
-        if missing:
-            raise DiffmiaError(f"{self.name}: features lack t={missing}; score with the t's they were computed with")
-        out = {self.name: -np.asarray(features[f"agg_{ts[0]}"])}              # (N4) score = -A_t
-        for t in ts:
-            if len(ts) > 1:
-                out[f"{self.name}[t={t}]"] = -np.asarray(features[f"agg_{t}"])
-            out[f"{self.name}[t={t},mean-loss]"] = -np.asarray(features[f"loss_{t}"])
+        out = sweep_scores(self.name, features, "agg", ts)                 # (N4) score = -A_t
+        out.update({f"{self.name}[t={t},mean-loss]": -np.asarray(features[f"loss_{t}"]) for t in ts})
         return out
-

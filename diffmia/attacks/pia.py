@@ -26,11 +26,8 @@ Queries per sample: 1 + number of t's (one eps_0 shared by a sweep over t).
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import ops
-from ..errors import DiffmiaError
-from .base import TIMESTEP, Attack, check_timesteps, either, number, sequence
+from .base import TIMESTEP, Attack, as_timesteps, check_timesteps, either, number, sequence, sweep_scores
 
 
 class PIA(Attack):
@@ -53,7 +50,7 @@ class PIA(Attack):
         self.p = p
 
     def _ts(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.t) if isinstance(self.t, (list, tuple)) else (int(self.t),)
+        return as_timesteps(self.t)
 
     def _queries(self, num_train_timesteps):
         return 1 + len(self._ts())
@@ -75,11 +72,4 @@ class PIA(Attack):
         return out
 
     def _scores(self, features):
-        ts = self._ts()
-        missing = [t for t in ts if f"r_{t}" not in features]
-        if missing:
-            raise DiffmiaError(f"{self.name}: features lack t={missing}; score with the t's they were computed with")
-        out = {self.name: -np.asarray(features[f"r_{ts[0]}"])}         # (P4) score = -R_{t,p}
-        if len(ts) > 1:
-            out.update({f"{self.name}[t={t}]": -np.asarray(features[f"r_{t}"]) for t in ts})
-        return out
+        return sweep_scores(self.name, features, "r", self._ts())          # (P4) score = -R_{t,p}

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import DiffmiaError
 from .base import Attack, Param, one_of, optional
+from .fusion import COMPONENT_PARAMS
 
 BASES = ("sima", "pia", "loss", "noise_aggregation", "pian")
 SEP = "|"
@@ -37,10 +38,6 @@ SEP = "|"
 
 def _refs_ok(v) -> bool:
     return isinstance(v, str) and v != ""
-
-
-def _params_ok(v) -> bool:
-    return v is None or (isinstance(v, dict) and all(isinstance(k, str) and isinstance(p, dict) for k, p in v.items()))
 
 
 class RefCal(Attack):
@@ -60,7 +57,7 @@ class RefCal(Attack):
     _parameter_constraints = {
         "references": optional(Param("a folder of reference models (diffmia train-references --out DIR)", _refs_ok)),
         "base": one_of(*BASES),
-        "component_params": Param("a dict {attack: {parameter: value}} (or None)", _params_ok),
+        "component_params": COMPONENT_PARAMS,
         "weights": one_of("ema", "raw")}
 
     def __init__(self, references: str | None = None, base: str = "sima", component_params=None,

@@ -21,10 +21,7 @@ The t's share nothing but the image: each costs one query. Queries per sample: n
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..errors import DiffmiaError
-from .base import TIMESTEP, Attack, check_timesteps, either, number, sequence
+from .base import TIMESTEP, Attack, as_timesteps, check_timesteps, either, number, sequence, sweep_scores
 
 
 class SimA(Attack):
@@ -46,7 +43,7 @@ class SimA(Attack):
         self.p = p
 
     def _ts(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.t) if isinstance(self.t, (list, tuple)) else (int(self.t),)
+        return as_timesteps(self.t)
 
     def _queries(self, num_train_timesteps):
         return len(self._ts())
@@ -61,11 +58,4 @@ class SimA(Attack):
         return out
 
     def _scores(self, features):
-        ts = self._ts()
-        missing = [t for t in ts if f"r_{t}" not in features]
-        if missing:
-            raise DiffmiaError(f"{self.name}: features lack t={missing}; score with the t's they were computed with")
-        out = {self.name: -np.asarray(features[f"r_{ts[0]}"])}               # (S3) score = -R_t
-        if len(ts) > 1:
-            out.update({f"{self.name}[t={t}]": -np.asarray(features[f"r_{t}"]) for t in ts})
-        return out
+        return sweep_scores(self.name, features, "r", self._ts())          # (S3) score = -R_t
