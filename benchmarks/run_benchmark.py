@@ -117,6 +117,7 @@ def section(name: str, rows: list[dict], report: dict, wall: float) -> list[str]
             f"{r['queries_per_sample']} | {fmt(r['seconds'], 1)} ({fmt(r['query_seconds'], 1)} + {fmt(r['fit_seconds'], 1)}) | "
             f"{fmt(r['images_per_second'], 1)} | {fmt(r['overhead_ratio'], 2)} |")
     lines.append("")
+    lines += goal_check(rows)
     for w in report.get("warnings", []):
         lines.append(f"> **Warning:** {w}\n")
     if "shift" in report:
@@ -131,6 +132,26 @@ def section(name: str, rows: list[dict], report: dict, wall: float) -> list[str]
             lines += [f"| {k} | {fmt(v['auc'])} | {fmt(v['tpr_at_1pct_fpr'])} |" for k, v in r["sweep"].items()]
             lines.append("")
     return lines
+
+
+def goal_check(rows: list[dict]) -> list[str]:
+    """Best attack beyond the papers vs best source-paper attack at 1% FPR (test half), when both ran."""
+    def best(rs):
+        rs = [r for r in rs if r["tpr_at_1pct_fpr"] is not None]
+        return max(rs, key=lambda r: r["tpr_at_1pct_fpr"]) if rs else None
+
+    new = best([r for r in rows if r["attack"] in NEW_ATTACKS])
+    old = best([r for r in rows if r["attack"] not in NEW_ATTACKS and r["attack"] != "blind"])
+    if not new or not old:
+        return []
+    lo = (new.get("tpr_at_1pct_fpr_ci") or [None])[0]
+    ratio = new["tpr_at_1pct_fpr"] / old["tpr_at_1pct_fpr"] if old["tpr_at_1pct_fpr"] else float("inf")
+    return [f"Strongest at 1% FPR (test half): beyond the papers **{new['attack']}** ({new['variant']}) "
+            f"{fmt(new['tpr_at_1pct_fpr'])} {ci(new, 'tpr_at_1pct_fpr')}, {new['queries_per_sample']} queries to the "
+            f"target; source papers **{old['attack']}** ({old['variant']}) {fmt(old['tpr_at_1pct_fpr'])} "
+            f"{ci(old, 'tpr_at_1pct_fpr')}: ratio {ratio:.2f}; the lower end of the first interval is "
+            + ("above" if lo is not None and lo > old["tpr_at_1pct_fpr"] else "not above")
+            + " the second's point estimate.", ""]
 
 
 def cost_section(path: Path) -> list[str]:
