@@ -163,6 +163,13 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
                           f"[{fmt(c['fpr_ci'][0], 2)}, {fmt(c['fpr_ci'][1], 2)}] |")
     md.append("")
     for name, r in report["attacks"].items():
+        if r.get("component_weights"):
+            md += [f"## What carries {name}'s weight", "",
+                   "Share of the logistic regression's absolute weight (standardised columns), per component: "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["component_weights"].items(), key=lambda kv: -kv[1]))
+                   + ". Largest columns: "
+                   + ", ".join(f"{k} {v:+.2f}" for k, v in sorted(r["column_weights"].items(),
+                                                                    key=lambda kv: -abs(kv[1]))[:5]) + ".", ""]
         if "sweep" in r:
             md += [f"## Sweep: {name} (oracle selection: every variant on all samples)", "",
                    "| variant | AUC | TPR@1%FPR | calibration AUC |", "|---|---|---|---|"]

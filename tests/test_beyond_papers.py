@@ -164,6 +164,7 @@ def test_fusion_in_a_run_reuses_the_components_chunks(tmp_path, monkeypatch):
     r = report["attacks"]["fusion"]
     assert r["queries_per_sample"] == 2 + 2 == r["measured_queries_per_sample"]
     assert set(r["component_weights"]) == {"sima", "pia"}
+    assert "## What carries fusion's weight" in (tmp_path / "run" / "report.md").read_text()
     assert r["params"]["component_params"] == {"sima": {"t": (20, 40)}}   # the run's --param was shared
     assert r["auc"] >= 0.9
 
