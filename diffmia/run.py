@@ -187,7 +187,7 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
             chunk_size=cfg.chunk_size, workers=cfg.workers, cache=cache, progress=cfg.progress)
 
     for name, attack in attacks.items():
-        if isinstance(attack, ATTACKS["fusion"]):       # the components' own cached chunks, no new queries
+        if hasattr(attack, "combine"):      # fusion: its components' own cached chunks, no new queries
             parts = {c: feature_stage(c, comp) for c, comp in attack.component_attacks().items()}
             feats = attack.combine({c: f for c, (f, _) in parts.items()})
             cost = {k: sum(c[k] for _, c in parts.values()) for k in ("seconds", "queries", "forward_seconds")}

@@ -286,3 +286,21 @@ def test_the_reference_targets_extended_split_resolves_low_fpr(fmnist):
     assert np.array_equal(ext.members, old.members) and np.array_equal(ext.nonmembers[:2048], old.nonmembers)
     assert len(ext.nonmembers) == 16384                      # test half: 8,192 -> 0.1% FPR = 8 false positives
     ext.select(fmnist)                                       # every image matches its recorded SHA-256
+
+
+def test_cli_extend_split_and_train_references_refusals(tmp_path, sd_dir, capsys):
+    from diffmia.cli import main
+    from diffmia.data import MembershipSplit
+
+    memorised = Path(__file__).parent / "fixtures" / "memorised"
+    out = tmp_path / "more.json"
+    assert main(["split", "--extend", str(memorised / "split.json"), "--n-nonmembers", "200", "--out", str(out)]) == 0
+    ext = MembershipSplit.load(out)
+    assert len(ext.members) == 32 and len(ext.nonmembers) == 200
+    assert main(["split", "--extend", str(memorised / "split.json"), "--out", str(out)]) == 2
+    assert "--extend needs --n-nonmembers" in capsys.readouterr().err
+    assert main(["train-references", "--target", str(sd_dir), "--k", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffmia: error:") and err.count("\n") == 1
+    assert main(["train-references", "--target", str(memorised), "--k", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--k must be a positive number" in capsys.readouterr().err
