@@ -304,3 +304,17 @@ def test_cli_extend_split_and_train_references_refusals(tmp_path, sd_dir, capsys
     assert err.startswith("diffmia: error:") and err.count("\n") == 1
     assert main(["train-references", "--target", str(memorised), "--k", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--k must be a positive number" in capsys.readouterr().err
+
+
+def test_refcal_refuses_reference_models_of_another_shape(tmp_path, memorised_target, eval_set):
+    import shutil
+
+    x, _, ids = eval_set
+    ref = tmp_path / "ref-0"
+    shutil.copytree(REFS / "ref-0", ref, ignore=shutil.ignore_patterns("checkpoint*"))
+    cfg = json.loads((ref / "unet" / "config.json").read_text())
+    cfg["sample_size"] = 16                                    # a model made for 16 x 16 images
+    (ref / "unet" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DiffmiaError, match=r"works on \(1, 16, 16\) inputs, the target on \(1, 32, 32\)"):
+        RefCal(references=str(tmp_path), component_params={"sima": {"t": 20}}).features(
+            memorised_target, x[:2], seeds=ids[:2], cache={})

@@ -100,6 +100,10 @@ class RefCal(Attack):
                 cache[key] = load_target(str(folder), "model", self.weights, device,
                                          getattr(target, "batch_size", 256))
             ref = cache[key]
+            want, have = getattr(target, "model_shape", None), getattr(ref, "model_shape", None)
+            if want is not None and have is not None and tuple(want) != tuple(have):
+                raise DiffmiaError(f"{folder}: this reference model works on {tuple(have)} inputs, the target on "
+                                   f"{tuple(want)}; train references with the target's recipe (diffmia train-references)")
             for v, s in base.scores(base.features(ref, images, cond, seeds, cache)).items():
                 out[f"ref{i}{SEP}{v}"] = s
         return out
