@@ -28,6 +28,22 @@ DEMO_SIZES = {"full": (256, 512), "quick": (48, 48)}
 DEMO_SD_SIZES = {"full": (128, 256), "quick": (24, 24)}
 
 
+def demo_attacks(folder: TargetFolder, target: str) -> tuple[list[str], dict]:
+    """The demo's attacks and their demo-sized parameters for one target; refcal only when reference models of
+    the target are in DEMO_REFERENCES/<target folder name>."""
+    latent = folder.is_latent
+    attacks = [a for a, cls in ATTACKS.items() if a not in ("blind", "refcal") and (latent or not cls.needs_text)]
+    params = {k: v for k, v in (DEMO_SD_PARAMS if latent else DEMO_PARAMS).items() if k in attacks and v}
+    refs = DEMO_REFERENCES / folder.path.name
+    if any(refs.glob("ref-*/training.json")):
+        attacks.append("refcal")
+        params["refcal"] = {"references": str(refs)}
+    elif not latent:
+        print(f"refcal left out: no reference models in {refs} (make them with: diffmia train-references "
+              f"--target {target} --k 4 --out {refs})")
+    return attacks, params
+
+
 def _run(target: str, out: str, quick: bool, condition: str | None):
     from .report import console_table
     from .run import RunConfig, run_attacks
@@ -38,15 +54,7 @@ def _run(target: str, out: str, quick: bool, condition: str | None):
                           "(targets/) - check out the full repository or pass --target")
     latent = folder.is_latent
     n_mem, n_non = (DEMO_SD_SIZES if latent else DEMO_SIZES)["quick" if quick else "full"]
-    attacks = [a for a, cls in ATTACKS.items() if a not in ("blind", "refcal") and (latent or not cls.needs_text)]
-    params = {k: v for k, v in (DEMO_SD_PARAMS if latent else DEMO_PARAMS).items() if k in attacks and v}
-    refs = DEMO_REFERENCES / folder.path.name
-    if any(refs.glob("ref-*/training.json")):
-        attacks.append("refcal")
-        params["refcal"] = {"references": str(refs)}
-    elif not latent:
-        print(f"refcal left out: no reference models in {refs} (make them with: diffmia train-references "
-              f"--target {target} --k 4 --out {refs})")
+    attacks, params = demo_attacks(folder, target)
     cfg = RunConfig(target=target, out=out, attacks=attacks, params=params, n_members=n_mem,
                     n_nonmembers=n_non, condition=condition, device="auto", n_boot=500)
     t0 = time.perf_counter()

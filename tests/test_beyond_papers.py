@@ -318,3 +318,19 @@ def test_refcal_refuses_reference_models_of_another_shape(tmp_path, memorised_ta
     with pytest.raises(DiffmiaError, match=r"works on \(1, 16, 16\) inputs, the target on \(1, 32, 32\)"):
         RefCal(references=str(tmp_path), component_params={"sima": {"t": 20}}).features(
             memorised_target, x[:2], seeds=ids[:2], cache={})
+
+
+def test_demo_adds_refcal_only_when_reference_models_are_there(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from diffmia import demo
+    from diffmia.targets import TargetFolder
+
+    monkeypatch.setattr(demo, "DEMO_REFERENCES", tmp_path)
+    folder = TargetFolder(REF_TARGET)
+    attacks, params = demo.demo_attacks(folder, str(REF_TARGET))
+    assert "refcal" not in attacks and {"sima", "noise_aggregation", "fusion"} <= set(attacks)
+    assert "refcal left out" in capsys.readouterr().out
+    shutil.copytree(REFS / "ref-0", tmp_path / "fmnist-ddpm" / "ref-0", ignore=shutil.ignore_patterns("checkpoint*"))
+    attacks, params = demo.demo_attacks(folder, str(REF_TARGET))
+    assert attacks[-1] == "refcal" and params["refcal"] == {"references": str(tmp_path / "fmnist-ddpm")}
