@@ -102,8 +102,19 @@ def interpretation(report: dict) -> str:
     r = res[best]
     auc_lo = (r.get("auc_ci") or (None,))[0]
     tpr = r["tpr_at_1pct_fpr"]
-    if auc_lo is not None and auc_lo > 0.5:
+    b = report["attacks"].get("blind")
+    blind_lo = (b.get("auc_ci") or (None,))[0] if b else None
+    shifted = blind_lo is not None and blind_lo > 0.5          # the split itself separates the groups
+    if b is None:     # no blind baseline (--no-blind): the image shift test stands in for it
+        shifted = (report.get("shift") or {}).get("p_value", 1.0) < 0.01
+    beaten = b is None or r["auc"] > b["auc"]
+    if auc_lo is not None and auc_lo > 0.5 and not shifted and beaten:
         verdict = "leaks membership"
+    elif shifted or not beaten:
+        why = ("the blind baseline, which never queries the model, is above chance" if shifted and b else
+               "the member and non-member images differ in distribution (shift test p < 0.01)" if shifted else
+               "the blind baseline, which never queries the model, does as well as the attacks")
+        verdict = f"cannot be judged on this split ({why})"
     else:
         verdict = "shows no membership leak that this test can distinguish from chance"
     text = (f"On the held-out test half ({r['n_members']} members, {r['n_nonmembers']} non-members), the target "

@@ -26,7 +26,7 @@ from .attacks import ATTACKS
 from .data import MembershipSplit, load_dataset, to_model_input
 from .data.captions import CONDITIONS, captions_for, load_captions
 from .errors import DiffmiaError
-from .features import cache_key, compute_features, load_target
+from .features import Chunks, Engine, Stage, cache_key, check_chunks, fingerprint, merge, plan, run_workers, warn
 from .provenance import git_commit, library_versions
 from .scores import Scores
 from .targets import TargetFolder
@@ -91,19 +91,39 @@ def share_component_params(attack, params: dict) -> None:
         attack.reference_folders()        # and that the reference models exist
 
 
-def reference_fingerprint(folders, weights: str = "ema") -> list[str]:
-    """SHA-256 of each reference model's weight files: adding a reference model or retraining one changes it."""
-    import hashlib
+def check_config(cfg: RunConfig) -> None:
+    """Refuse out-of-range or wrong-type settings before any work (never clamp or truncate them)."""
+    def bad(flag, want, v):
+        raise DiffmiaError(f"{flag} must be {want}, got {v!r}")
 
-    from .targets import TargetFolder
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
 
-    out = []
-    for f in folders:
-        h = hashlib.sha256()
-        for p in sorted(TargetFolder(f).unet_dir(weights).glob("*.safetensors")):
-            h.update(p.read_bytes())
-        out.append(h.hexdigest()[:16])
-    return out
+    if not cfg.attacks or not all(isinstance(a, str) and a for a in cfg.attacks):
+        bad("--attacks", "a non-empty comma-separated list of attack names (see diffmia list)", cfg.attacks)
+    for flag, v in (("--n-members", cfg.n_members), ("--n-nonmembers", cfg.n_nonmembers)):
+        if v is not None and (not is_int(v) or v < 1):
+            bad(flag, "a positive integer", v)
+    for flag, v in (("--batch-size", cfg.batch_size), ("--chunk-size", cfg.chunk_size), ("--workers", cfg.workers),
+                    ("--n-boot", cfg.n_boot), ("crossfit_folds", cfg.crossfit_folds)):
+        if not is_int(v) or v < 1:
+            bad(flag, "a positive integer", v)
+    if not is_int(cfg.seed) or cfg.seed < 0:
+        bad("--seed", "a non-negative integer", cfg.seed)
+    f = cfg.calibration_fraction
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
+        bad("--calibration-fraction", "a number strictly between 0 and 1", f)
+    if cfg.weights not in ("ema", "raw"):
+        bad("--weights", "ema or raw", cfg.weights)
+    g = cfg.guidance_scale
+    if not isinstance(g, (int, float)) or isinstance(g, bool) or not np.isfinite(g) or g < 0:
+        bad("--guidance-scale", "a finite number >= 0", g)
+    from .targets.base import resolve_device
+
+    try:
+        resolve_device(cfg.device)
+    except RuntimeError:
+        bad("--device", "auto, cpu, cuda or cuda:N (a torch device)", cfg.device)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -137,9 +157,16 @@ def prompts_for(cfg: RunConfig, folder: TargetFolder, data) -> tuple[str | None,
     return condition, np.array(captions_for(data, load_captions(path), str(path)), dtype=object)
 
 
-def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
+def run_attacks(cfg: RunConfig, command: str | None = None) -> dict | None:
+    """Run ``cfg``; returns the report (metrics.json) on rank 0, None on the other torchrun ranks."""
+    from . import distributed
+
+    rank, world = distributed.init(cfg.device)
+    check_config(cfg)
+    if world > 1 and cfg.workers > 1:
+        raise DiffmiaError("--workers N and torchrun are two ways to start N scoring processes; use one of them")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_run_folder(out)
     folder = TargetFolder.open(cfg.target)
     names = list(dict.fromkeys(cfg.attacks))
     if cfg.blind and "blind" in ATTACKS and "blind" not in names:
@@ -157,42 +184,56 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
 
     data, is_member, split_path = prepare_data(cfg)
     condition, prompts = prompts_for(cfg, folder, data)
-    images = to_model_input(data.images, folder.image_size(cfg.weights)).numpy()
+    images = model_input(data, folder, cfg)
     ids = data.ids
     calib = protocol.calibration_split(is_member, cfg.calibration_fraction, cfg.seed)
     run_info = {"config": asdict(cfg), "command": command, "split": split_path, "git_commit": git_commit(),
-                "versions": library_versions(), "n_samples": len(ids)}
-    (out / "run.json").write_text(json.dumps(run_info, indent=1, default=str))
+                "versions": library_versions(), "n_samples": len(ids), "world_size": max(world, cfg.workers)}
 
-    results, all_scores = {}, {}
-    targets: dict[str, object] = {}
-    cache: dict = {}                  # reusable state of the attacks (generated sets, feature networks)
+    # the features of every attack (fusion: of its components), one cache folder each
+    fp_store = out / "fingerprints.json"
+    target_fp = fingerprint(cfg.target, cfg.weights, fp_store if rank == 0 else None)
+    stages: dict[str, Stage] = {}
 
-    def feature_stage(name, attack):
-        """The attack's features, computed chunk by chunk into (or reused from) its own cache folder."""
-        key = {"params": attack.get_params(), "target": os.path.abspath(cfg.target),
-               "weights": cfg.weights, "ids": cache_key(ids.tolist()), "data": cfg.data}
-        if prompts is not None and attack.access != "none":            # what the text condition changes
+    def stage_of(name, attack) -> str:
+        key = {"params": attack.get_params(), "ids": cache_key(ids.tolist())}
+        if attack.access != "none":                 # what the answers depend on: the weights' content
+            key.update(target=target_fp, weights=cfg.weights)
+        if prompts is not None and attack.access != "none":
             key.update(prompts=cache_key(prompts.tolist()), guidance_scale=cfg.guidance_scale)
-        if hasattr(attack, "reference_folders"):      # which reference models (their weights) the chunks saw
-            key["references"] = reference_fingerprint(attack.reference_folders(), attack.weights)
-        key = cache_key(key)
-        if cfg.workers <= 1 and attack.access not in targets and attack.access != "none":
-            targets[attack.access] = load_target(cfg.target, attack.access, cfg.weights, cfg.device, cfg.batch_size,
-                                                 cfg.guidance_scale)
-        return compute_features(
-            attack, images, ids, out / "features" / f"{name}-{key}", target=targets.get(attack.access),
-            cond=prompts if attack.access != "none" else None, target_folder=cfg.target, weights=cfg.weights,
-            device=cfg.device, batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale,
-            chunk_size=cfg.chunk_size, workers=cfg.workers, cache=cache, progress=cfg.progress)
+        if hasattr(attack, "reference_folders"):    # and, for refcal, the reference models' weights
+            key["references"] = [fingerprint(f, attack.weights, fp_store if rank == 0 else None)
+                                 for f in attack.reference_folders()]
+        st = Stage(f"{name}-{cache_key(key)}", attack, out / "features" / f"{name}-{cache_key(key)}")
+        stages.setdefault(st.name, st)
+        return st.name
 
+    parts_of = {n: ({c: stage_of(c, comp) for c, comp in a.component_attacks().items()} if hasattr(a, "combine")
+                    else {n: stage_of(n, a)}) for n, a in attacks.items()}
+    chunks = Chunks(images, ids, prompts if prompts is not None else None, cfg.chunk_size)
+    if rank == 0:
+        (out / "run.json").write_text(json.dumps(run_info, indent=1, default=str))
+        for line in check_chunks(list(stages.values()), chunks):
+            warn(line)
+    distributed.barrier()                     # every rank plans from the same files
+    compute_all(list(stages.values()), chunks, plan(list(stages.values()), chunks), cfg, rank, world)
+    distributed.barrier()                     # rank 0 merges once every rank has written its chunks
+    if rank != 0:
+        distributed.finish()
+        return None
+
+    merged = {name: merge(st, chunks) for name, st in stages.items()}
+    run_info["chunks"] = {name: {str(s): r for s, r in m[2].items()} for name, m in merged.items()}
+    (out / "run.json").write_text(json.dumps(run_info, indent=1, default=str))
+    results, all_scores = {}, {}
     for name, attack in attacks.items():
+        parts = {c: merged[st] for c, st in parts_of[name].items()}
         if hasattr(attack, "combine"):      # fusion: its components' own cached chunks, no new queries
-            parts = {c: feature_stage(c, comp) for c, comp in attack.component_attacks().items()}
-            feats = attack.combine({c: f for c, (f, _) in parts.items()})
-            cost = {k: sum(c[k] for _, c in parts.values()) for k in ("seconds", "queries", "forward_seconds")}
+            feats = attack.combine({c: f for c, (f, _, _) in parts.items()})
         else:
-            feats, cost = feature_stage(name, attack)
+            feats = parts[name][0]
+        cost = {k: sum(c[k] for _, c, _ in parts.values()) for k in ("seconds", "queries", "forward_seconds",
+                                                                       "model_calls")}
         t0 = time.perf_counter()
         variants = protocol.attack_scores(attack, feats, is_member, calib, cfg.crossfit_folds, cfg.seed)
         cost["fit_seconds"] = time.perf_counter() - t0        # fitting (learned attacks) and scoring
@@ -200,19 +241,59 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict:
         sc.save(out / "scores")
         all_scores[name] = sc
         results[name] = describe(attack, sc, cost, cfg, folder.num_train_timesteps())
+    model_stages = [m for name, m in merged.items() if stages[name].attack.access == "model"]
     report = {"target": cfg.target, "weights": cfg.weights, "data": cfg.data, "split": split_path,
               "space": "latent" if folder.is_latent else "pixel", "condition": condition,
               "guidance_scale": cfg.guidance_scale if folder.is_latent else None,
               "calibration_fraction": cfg.calibration_fraction, "seed": cfg.seed,
               "n_members": int(is_member.sum()), "n_nonmembers": int((~is_member).sum()),
+              # the run's model queries: what its distinct feature stages asked for, and what reached the model
+              "queries": {"requested": int(sum(c["queries"] for _, c, _ in model_stages)),
+                          "model_calls": int(sum(c["model_calls"] for _, c, _ in model_stages))},
               "attacks": results}
-    if "blind" in attacks:
-        report.update(protocol.shift_check(images, is_member, results))
+    report.update(protocol.shift_check(images, is_member, results))
     (out / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     from .report import write_report
 
     write_report(out, report, all_scores, samples=folder.samples_png)
+    distributed.finish()
     return report
+
+
+def _make_run_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise DiffmiaError(f"{out}: cannot write the run folder here ({e.strerror or e})") from None
+
+
+def compute_all(stages: list[Stage], chunks: Chunks, todo, cfg: RunConfig, rank: int, world: int) -> None:
+    """This process's share of ``todo``: all of it (one process), handed to --workers processes, or
+    todo[rank::world] under torchrun."""
+    from tqdm.auto import tqdm
+
+    from . import distributed
+
+    mine = todo[rank::world]
+    bar = tqdm(total=sum(len(chunks.part(i)[0]) for i, _ in mine), desc=f"rank {rank}" if world > 1 else "queries",
+               unit="img", disable=not cfg.progress or not mine, dynamic_ncols=True, leave=True)
+    engine_args = (cfg.target, cfg.weights, distributed.device_for_rank(cfg.device), cfg.batch_size,
+                   cfg.guidance_scale)
+    needs_model = any(st.attack.access != "none" for st in stages if any(st.name in n for _, n in mine))
+    if cfg.workers > 1 and needs_model and len(mine) > 1:
+        run_workers(cfg.workers, engine_args, stages, chunks, mine, bar)
+    else:
+        engine = Engine(*engine_args, rank=rank, world=world)
+        for i, names in mine:
+            bar.update(engine.compute(stages, chunks, i, names))
+    bar.close()
+
+
+def model_input(data, folder: TargetFolder, cfg: RunConfig) -> np.ndarray:
+    return to_model_input(data.images, folder.image_size(cfg.weights)).numpy()
 
 
 def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps: int | None = None) -> dict:
@@ -227,6 +308,9 @@ def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps
         "params": attack.get_params(), "learned": attack.learned,
         "queries_per_sample": attack.queries_per_sample(num_train_timesteps),
         "measured_queries_per_sample": cost["queries"] / n if attack.access == "model" else None,
+        # what reached the model when the chunks were computed (queries another attack of the run had
+        # already asked are answered by the planner: the first attack to ask pays)
+        "model_calls_per_sample": cost["model_calls"] / n if attack.access == "model" else None,
         "seconds": round(total, 3),
         "query_seconds": round(cost["seconds"], 3),
         "fit_seconds": round(cost["fit_seconds"], 3),

@@ -148,13 +148,13 @@ def test_fusion_in_a_run_reuses_the_components_chunks(tmp_path, monkeypatch):
     from diffmia.run import RunConfig, run_attacks
 
     calls = []
-    real = feats_mod._compute_chunk
+    real = feats_mod.Engine._one
 
-    def spy(attack, *a, **k):
-        calls.append(attack.name)
-        return real(attack, *a, **k)
+    def spy(self, stage, *a, **k):
+        calls.append(stage.attack.name)
+        return real(self, stage, *a, **k)
 
-    monkeypatch.setattr(feats_mod, "_compute_chunk", spy)
+    monkeypatch.setattr(feats_mod.Engine, "_one", spy)
     memorised = Path(__file__).parent / "fixtures" / "memorised"
     cfg = RunConfig(target=str(memorised), out=str(tmp_path / "run"), attacks=["sima", "pia", "fusion"],
                     params={"sima": {"t": (20, 40)}, "fusion": {"components": ("sima", "pia")}},

@@ -127,7 +127,7 @@ def test_multiprocess_scoring_matches_single_process(tmp_path):
     from diffmia.run import RunConfig, run_attacks
     from diffmia.scores import Scores
 
-    kw = dict(target="tests/fixtures/memorised", attacks=["pia"], device="cpu", chunk_size=16, n_boot=0,
+    kw = dict(target="tests/fixtures/memorised", attacks=["pia"], device="cpu", chunk_size=16, n_boot=1,
               blind=False, progress=False, n_nonmembers=32)
     run_attacks(RunConfig(out=str(tmp_path / "one"), **kw))
     run_attacks(RunConfig(out=str(tmp_path / "two"), workers=2, **kw))

@@ -85,7 +85,7 @@ def spies(monkeypatch):
 
 def _run(tmp_path, memorised_dir, attacks, **kw):
     cfg = RunConfig(target=str(memorised_dir), out=str(tmp_path / "run"), attacks=attacks, n_nonmembers=N_NON,
-                    n_boot=0, blind=False, progress=False, **kw)
+                    n_boot=1, blind=False, progress=False, **kw)
     report = run_attacks(cfg)
     return report, {a: Scores.load(tmp_path / "run" / "scores" / f"{a}.npz") for a in attacks}
 

@@ -120,7 +120,7 @@ def test_runner_condition_modes(condition, sd_dir, tmp_path):
 def test_prompts_enter_the_cache_key(sd_dir, tmp_path):
     run = tmp_path / "run"
     args = ["attack", "--target", str(sd_dir), "--attacks", "loss", "--out", str(run), "--device", "cpu",
-            "--n-boot", "0", "--quiet", "--no-blind"]
+            "--n-boot", "1", "--quiet", "--no-blind"]
     assert main(args + ["--condition", "caption"]) == 0 and main(args + ["--condition", "empty"]) == 0
     assert len(list((run / "features").glob("loss-*"))) == 2             # not reused across conditions
 
@@ -239,7 +239,7 @@ def test_sd_api_generate_by_prompt_and_api_attacks(sd_dir, sd_api, tmp_path):
                  "--param", "ganleaks.n_generated=4", "--param", "monte_carlo_set.n_generated=4",
                  "--param", f"ganleaks.cache_dir={tmp_path / 'gen'}", "--param",
                  f"monte_carlo_set.cache_dir={tmp_path / 'gen'}", "--out", str(run), "--device", "cpu",
-                 "--n-boot", "0", "--quiet"]) == 0
+                 "--n-boot", "1", "--quiet"]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["space"] == "latent" and set(m["attacks"]) >= {"forensics_graybox", "observers", "ganleaks"}
     # generated sets are keyed by prompt: one per distinct caption of the 24 samples
@@ -264,6 +264,6 @@ def test_readme_sd_command_shape_with_an_image_folder(sd_dir, fmnist, tmp_path):
     run = tmp_path / "run"
     assert main(["attack", "--target", str(sd_dir), "--data", str(images), "--split", str(tmp_path / "my_split.json"),
                  "--captions", str(tmp_path / "captions.csv"), "--condition", "caption", "--attacks", "loss,clid",
-                 "--out", str(run), "--device", "cpu", "--n-boot", "0", "--quiet"]) == 0
+                 "--out", str(run), "--device", "cpu", "--n-boot", "1", "--quiet"]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["condition"] == "caption" and m["attacks"]["clid"]["measured_queries_per_sample"] == 15
