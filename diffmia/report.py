@@ -1,4 +1,5 @@
-"""Report of a run: ``report.md`` (table first), ROC figures (linear and log-log), sweeps, warnings."""
+"""Report of a run: ``report.md`` (table first), ROC figures (linear and log-log), sweeps, warnings; the same as
+one self-contained ``report.html`` (report_html.py)."""
 
 from __future__ import annotations
 
@@ -171,8 +172,8 @@ def intro(report: dict) -> str:
 
 
 def write_report(folder, report: dict, all_scores: dict, samples: Path | None = None) -> Path:
-    """Write report.md and the ROC figures into ``folder``; ``samples``: an image of the target's samples
-    (copied beside the report when it exists)."""
+    """Write report.md, report.html and the ROC figures into ``folder``; ``samples``: an image of the target's
+    samples (copied beside the report when it exists)."""
     folder = Path(folder)
     figs = plot_rocs(report, all_scores, folder)
     md = ["# Membership-inference audit", "", intro(report), "",
@@ -211,4 +212,7 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
             md.append("")
     md += ["## Cost", "", markdown_table(COST_HEADER, cost_rows(report))]
     (folder / "report.md").write_text("\n".join(md) + "\n")
+    from .report_html import write_html
+
+    write_html(folder, report, all_scores, samples)       # the same run as one self-contained page
     return folder / "report.md"
