@@ -132,7 +132,7 @@ def cmd_attack(a) -> int:
     print(console_table(report))
     for w in report.get("warnings", []):
         print("WARNING:", w)
-    print(f"\nrun folder: {a.out} (metrics.json, report.md, scores/)")
+    print(f"\nrun folder: {a.out} (metrics.json, report.md, report.html, scores/)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Report of a run: ``report.md`` (table first), ROC figures (linear and log-log), sweeps, warnings."""
+"""Report of a run: ``report.md`` (table first), ROC figures (linear and log-log), sweeps, warnings; the same as
+one self-contained ``report.html`` (report_html.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ HEADER = ["attack", "access", "variant (chosen on calibration)", "AUC [95% CI]",
           "TPR@0.1%FPR", "ASR (oracle)", "calibrated acc.", "queries/sample", "seconds", "img/s"]
 
 
+COST_HEADER = ["attack", "queries/sample (declared)", "measured", "seconds (queries + fit)", "img/s", "forward s",
+               "query time / forward"]
+
+
+def cost_rows(report: dict) -> list[list[str]]:
+    return [[name, str(r.get("queries_per_sample")), fmt(r.get("measured_queries_per_sample"), 2),
+             f"{fmt(r.get('seconds'), 2)} ({fmt(r.get('query_seconds'), 2)} + {fmt(r.get('fit_seconds'), 2)})",
+             fmt(r.get("images_per_second"), 1), fmt(r.get("forward_seconds"), 2), fmt(r.get("overhead_ratio"), 2)]
+            for name, r in report["attacks"].items()]
+
+
 def markdown_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -51,44 +63,62 @@ def console_table(report: dict) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def plot_rocs(report: dict, all_scores: dict, folder: Path) -> list[str]:
+def chosen_variant(report: dict, name: str, sc) -> tuple[str, np.ndarray]:
+    """(name, scores) of the variant the report chose on calibration, else the scores' first (primary) one."""
+    v = report["attacks"].get(name, {}).get("variant")
+    if v in sc.variants:
+        return v, sc.variants[v]
+    return next(iter(sc.variants)), sc.primary
+
+
+def roc_figure(report: dict, all_scores: dict, log: bool = False):
+    """The test-half ROC of every attack (its chosen variant) as a matplotlib figure; ``log``: log-log axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    # distinct colours without grey (grey dashed = the blind baseline)
+    colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + \
+             [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i % 2 and i != 15]
+    for i, (name, sc) in enumerate(all_scores.items()):
+        r = report["attacks"][name]
+        test = ~sc.calibration
+        s = chosen_variant(report, name, sc)[1][test]
+        fpr, tpr, _ = metrics.roc(sc.is_member[test], s)
+        style = dict(color="grey", ls="--") if name == "blind" else dict(color=colors[i % len(colors)])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {r['auc']:.3f})", lw=1.4, **style)
+    first = next(iter(all_scores.values()))
+    n_neg = int((~first.is_member[~first.calibration]).sum())
+    if log:
+        lo = 1.0 / max(n_neg, 1)
+        grid = np.logspace(np.log10(lo), 0, 100)
+        ax.plot(grid, grid, "k:", lw=0.8, label="chance")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, 1)
+        ax.set_ylim(lo, 1.02)
+        ax.axvline(0.01, color="grey", lw=0.5)
+    else:
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
+    ax.set_xlabel("false positive rate (test half)")
+    ax.set_ylabel("true positive rate (test half)")
+    ax.set_title("ROC" + (", log-log" if log else ""))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rocs(report: dict, all_scores: dict, folder: Path) -> list[str]:
+    """roc.png and roc_loglog.png in ``folder``; returns their names."""
+    import matplotlib.pyplot as plt
+
     files = []
     for log in (False, True):
-        fig, ax = plt.subplots(figsize=(5.2, 5))
-        # distinct colours without grey (grey dashed = the blind baseline)
-        colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + \
-                 [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i % 2 and i != 15]
-        for i, (name, sc) in enumerate(all_scores.items()):
-            r = report["attacks"][name]
-            test = ~sc.calibration
-            s = sc.variants[r["variant"]][test]
-            fpr, tpr, _ = metrics.roc(sc.is_member[test], s)
-            style = dict(color="grey", ls="--") if name == "blind" else dict(color=colors[i % len(colors)])
-            ax.plot(fpr, tpr, label=f"{name} (AUC {r['auc']:.3f})", lw=1.4, **style)
-        n_neg = int((~next(iter(all_scores.values())).is_member[~next(iter(all_scores.values())).calibration]).sum())
-        if log:
-            lo = 1.0 / max(n_neg, 1)
-            grid = np.logspace(np.log10(lo), 0, 100)
-            ax.plot(grid, grid, "k:", lw=0.8, label="chance")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlim(lo, 1)
-            ax.set_ylim(lo, 1.02)
-            ax.axvline(0.01, color="grey", lw=0.5)
-        else:
-            ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
-        ax.set_xlabel("false positive rate (test half)")
-        ax.set_ylabel("true positive rate (test half)")
-        ax.set_title("ROC" + (", log-log" if log else ""))
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
+        fig = roc_figure(report, all_scores, log)
         fn = "roc_loglog.png" if log else "roc.png"
-        fig.savefig(folder / fn, dpi=120)
+        fig.savefig(Path(folder) / fn, dpi=120)
         plt.close(fig)
         files.append(fn)
     return files
@@ -143,17 +173,21 @@ def _space(report: dict) -> str:
             + ".")
 
 
+def intro(report: dict) -> str:
+    """The report's first paragraph (Markdown): what was audited, on which split, how to read the numbers."""
+    return (f"Target `{report.get('target')}` ({report.get('weights')} weights), data `{report.get('data')}`, "
+            f"split `{report.get('split')}`: {report['n_members']} members and {report['n_nonmembers']} non-members, "
+            f"split {report.get('calibration_fraction')} calibration / rest test (seed {report.get('seed')}). "
+            "Numbers are on the test half; 95% CIs by seeded bootstrap; n/r = not resolvable "
+            "(fewer than 1/alpha test non-members)." + _space(report))
+
+
 def write_report(folder, report: dict, all_scores: dict, samples: Path | None = None) -> Path:
-    """Write report.md and the ROC figures into ``folder``; ``samples``: an image of the target's samples
-    (copied beside the report when it exists)."""
+    """Write report.md, report.html and the ROC figures into ``folder``; ``samples``: an image of the target's
+    samples (copied beside the report when it exists)."""
     folder = Path(folder)
     figs = plot_rocs(report, all_scores, folder)
-    md = ["# Membership-inference audit", "",
-          f"Target `{report.get('target')}` ({report.get('weights')} weights), data `{report.get('data')}`, "
-          f"split `{report.get('split')}`: {report['n_members']} members and {report['n_nonmembers']} non-members, "
-          f"split {report.get('calibration_fraction')} calibration / rest test (seed {report.get('seed')}). "
-          "Numbers are on the test half; 95% CIs by seeded bootstrap; n/r = not resolvable "
-          "(fewer than 1/alpha test non-members)." + _space(report), "",
+    md = ["# Membership-inference audit", "", intro(report), "",
           markdown_table(HEADER, table_rows(report)), "", interpretation(report), ""]
     for w in report.get("warnings", []):
         md.append(f"> **Warning:** {w}\n")
@@ -187,12 +221,9 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
             for k, v in r["sweep"].items():
                 md.append(f"| {k} | {fmt(v['auc'])} | {fmt(v['tpr_at_1pct_fpr'])} | {fmt(v['calibration_auc'])} |")
             md.append("")
-    md += ["## Cost", "", "| attack | queries/sample (declared) | measured | seconds (queries + fit) | img/s | "
-           "forward s | query time / forward |", "|---|---|---|---|---|---|---|"]
-    for name, r in report["attacks"].items():
-        md.append(f"| {name} | {r.get('queries_per_sample')} | {fmt(r.get('measured_queries_per_sample'), 2)} | "
-                  f"{fmt(r.get('seconds'), 2)} ({fmt(r.get('query_seconds'), 2)} + {fmt(r.get('fit_seconds'), 2)}) | "
-                  f"{fmt(r.get('images_per_second'), 1)} | "
-                  f"{fmt(r.get('forward_seconds'), 2)} | {fmt(r.get('overhead_ratio'), 2)} |")
+    md += ["## Cost", "", markdown_table(COST_HEADER, cost_rows(report))]
     (folder / "report.md").write_text("\n".join(md) + "\n")
+    from .report_html import write_html
+
+    write_html(folder, report, all_scores, samples)       # the same run as one self-contained page
     return folder / "report.md"

@@ -7,6 +7,7 @@ orchestrates.
   scores/<attack>.npz|.csv              every score variant per sample id (scores.py)
   metrics.json                          per attack: headline (test half), calibrated rates, sweep, cost
   report.md, roc.png, roc_loglog.png    (report.py)
+  report.html                           the same as one self-contained page (report_html.py)
   run.json                              the configuration, command, versions and commit
 """
 

@@ -34,7 +34,7 @@ def test_train_then_attack_then_report(tmp_path, capsys):
     assert r["tpr_at_1pct_fpr"] is None                       # 60 test non-members: not resolvable
     assert set(r["sweep"]) == {"loss", "loss[t=50]", "loss[t=200]"}
     assert (run / "report.md").read_text().startswith("# Membership-inference audit")
-    assert (run / "roc.png").exists() and (run / "roc_loglog.png").exists()
+    assert (run / "roc.png").exists() and (run / "roc_loglog.png").exists() and (run / "report.html").exists()
     lines = (run / "scores" / "loss.csv").read_text().splitlines()
     assert lines[0].startswith("id,is_member,calibration,loss") and len(lines) == 137
     # the numbers, not only the keys: recomputed from the per-sample CSV with scikit-learn
@@ -51,7 +51,9 @@ def test_train_then_attack_then_report(tmp_path, capsys):
                  "--out", str(run), "--device", "cpu", "--n-boot", "50", "--chunk-size", "40", "--quiet"]) == 0
     assert [c.stat().st_mtime_ns for c in chunks] == mtimes
     assert (run / "scores" / "loss.csv").read_text() == before
+    (run / "report.html").unlink()
     assert main(["report", str(run), "--n-boot", "50"]) == 0
+    assert (run / "report.html").exists()                    # `diffmia report` rewrites the page too
     assert "loss" in capsys.readouterr().out
 
 
