@@ -264,7 +264,7 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict | None:
 def _make_run_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
