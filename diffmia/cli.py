@@ -74,13 +74,21 @@ def cmd_train(a) -> int:
         d["channels"] = tuple(int(c) for c in str(d["channels"]).split(","))
     except ValueError:
         raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
-    if d["steps"] < 1 or d["batch_size"] < 1 or d["n_members"] < 1:
-        raise DiffmiaError("--steps, --batch-size and --n-members must be positive")
+    _check_positive(a, "steps", "batch_size", "n_members", "checkpoint_every")
     cfg = TrainConfig.from_dict(d)
     out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
                 max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
-                                   f"{r['seconds_per_step']} s/step, final loss {r['final_loss']:.4f}")
+                                   f"{r['seconds_per_step']} s/step, final loss "
+                                   + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}"))
+
+
+def _check_positive(a, *names) -> None:
+    """Refuse a training option below 1 (a checkpoint interval of 0 would divide by zero)."""
+    for n in names + ("max_steps_this_run",):
+        v = getattr(a, n, None)
+        if v is not None and v < 1:
+            raise DiffmiaError(f"--{n.replace('_', '-')} must be at least 1, got {v}")
 
 
 def _trained(out, summary) -> int:
@@ -97,8 +105,7 @@ def cmd_train_sd(a) -> int:
     from .train_sd import TrainSDConfig, train_sd
 
     d = {f.name: getattr(a, f.name) for f in fields(TrainSDConfig) if hasattr(a, f.name)}
-    if d["steps"] < 1 or d["vae_steps"] < 1 or d["batch_size"] < 1 or d["n_members"] < 1:
-        raise DiffmiaError("--steps, --vae-steps, --batch-size and --n-members must be positive")
+    _check_positive(a, "steps", "vae_steps", "batch_size", "n_members", "checkpoint_every")
     out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
                    max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"SD target written to {out}: {r['steps']} UNet steps ({r['parameters']['unet']} "
@@ -108,6 +115,7 @@ def cmd_train_sd(a) -> int:
 def cmd_train_references(a) -> int:
     from .references import finished_references, train_references
 
+    _check_positive(a)
     out = train_references(a.target, a.k, a.out, device=a.device, threads=a.threads, progress=not a.quiet,
                            max_steps_this_run=a.max_steps_this_run)
     done = [p.name for p in finished_references(out)] if any(out.glob("ref-*/training.json")) else []

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+LOG_EVERY = 10      # steps per point of the loss curve
+
 
 def batch_positions(step: int, batch: int, n: int, seed: int) -> np.ndarray:
     """Member positions of a step's batch: consecutive slices of per-epoch seeded permutations."""
@@ -83,13 +85,22 @@ def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, wa
                   max_steps: int | None = None, progress: bool = True) -> dict:
     """Steps ``state['step']`` .. ``steps`` of one model, resumed from ``checkpoint``: linear warm-up of the
     learning rate, ``step_loss(step)`` (everything random in it comes from (seed, step)), gradient clipping,
-    an EMA copy, a loss curve of 10-step means and atomic checkpoints of ``modules`` every ``every`` steps.
+    an EMA copy, a loss curve of the mean loss over every LOG_EVERY steps (and over the last, shorter stretch
+    when ``steps`` is not a multiple of it) and checkpoints of ``modules`` every ``every`` steps. The losses
+    since the last curve point are part of the checkpoint, so a resumed run has the uninterrupted run's curve.
     ``max_steps`` stops early (a later call resumes). Returns the state (step, loss_curve, seconds)."""
     from tqdm.auto import tqdm
 
+    from .errors import DiffmiaError
+
+    if every < 1:
+        raise DiffmiaError(f"the checkpoint interval must be at least 1 step, got {every}")
+    if max_steps is not None and max_steps < 1:
+        raise DiffmiaError(f"max_steps_this_run must be at least 1, got {max_steps}")
     state = load_checkpoint(checkpoint, modules, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
+    window = state.pop("loss_window", [])
     end = steps if max_steps is None else min(steps, state["step"] + max_steps)
-    t0, window = time.perf_counter(), []
+    t0 = time.perf_counter()
     bar = tqdm(range(state["step"], end), initial=state["step"], total=steps, desc=name, disable=not progress,
                dynamic_ncols=True)
     for step in bar:
@@ -105,7 +116,7 @@ def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, wa
             with torch.no_grad():
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - ema_decay)
         window.append(loss.item())
-        if len(window) == 10:
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
             state["loss_curve"].append([step + 1, float(np.mean(window))])
             bar.set_postfix(loss=f"{np.mean(window):.4f}")
             window = []
@@ -113,6 +124,6 @@ def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, wa
             state["step"] = step + 1
             state["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            save_checkpoint(checkpoint, modules, opt, state)
+            save_checkpoint(checkpoint, modules, opt, {**state, "loss_window": window})
     bar.close()
     return state
