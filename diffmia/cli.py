@@ -10,9 +10,9 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
+from .cli_train import add_config_args, cmd_train, cmd_train_references, cmd_train_sd
 from .errors import DiffmiaError
 
 DEMO_TARGET = Path(__file__).resolve().parent.parent / "targets" / "fmnist-ddpm"
@@ -47,73 +47,6 @@ def parse_params(items: list[str]) -> dict[str, dict]:
         v = _parse_value(value)
         out.setdefault(attack, {})[name] = tuple(v) if isinstance(v, list) else v
     return out
-
-
-def _add_config_args(p: argparse.ArgumentParser, config_class) -> None:
-    """One option per field of a training configuration dataclass (nested configurations are skipped)."""
-    for f in fields(config_class):
-        if f.default is MISSING and f.default_factory is not MISSING:
-            continue
-        default = f.default if f.default is not MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, tuple):
-            p.add_argument(flag, default=",".join(map(str, default)), metavar="A,B,..",
-                           help=f"default {','.join(map(str, default))}")
-        else:
-            typ = type(default) if default is not None else (int if f.name in ("n_nonmembers", "threads") else str)
-            p.add_argument(flag, type=typ, default=default, help=f"default {default}")
-
-
-def cmd_train(a) -> int:
-    from .train import TrainConfig, train
-
-    d = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
-    try:
-        d["channels"] = tuple(int(c) for c in str(d["channels"]).split(","))
-    except ValueError:
-        raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
-    if d["steps"] < 1 or d["batch_size"] < 1 or d["n_members"] < 1:
-        raise DiffmiaError("--steps, --batch-size and --n-members must be positive")
-    cfg = TrainConfig.from_dict(d)
-    out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
-                max_steps_this_run=a.max_steps_this_run)
-    return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
-                                   f"{r['seconds_per_step']} s/step, final loss {r['final_loss']:.4f}")
-
-
-def _trained(out, summary) -> int:
-    """Print what a training command left: the finished target's summary, or how to continue."""
-    from .targets import TargetFolder
-
-    folder = TargetFolder(out)
-    print(summary(folder.training_record()) if folder.training_json.exists()
-          else f"checkpoint saved in {out}; run the same command again to continue")
-    return 0
-
-
-def cmd_train_sd(a) -> int:
-    from .train_sd import TrainSDConfig, train_sd
-
-    d = {f.name: getattr(a, f.name) for f in fields(TrainSDConfig) if hasattr(a, f.name)}
-    if d["steps"] < 1 or d["vae_steps"] < 1 or d["batch_size"] < 1 or d["n_members"] < 1:
-        raise DiffmiaError("--steps, --vae-steps, --batch-size and --n-members must be positive")
-    out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
-                   max_steps_this_run=a.max_steps_this_run)
-    return _trained(out, lambda r: f"SD target written to {out}: {r['steps']} UNet steps ({r['parameters']['unet']} "
-                                   f"parameters), {r['vae_steps']} VAE steps, {r['wall_seconds']} s")
-
-
-def cmd_train_references(a) -> int:
-    from .references import finished_references, train_references
-
-    out = train_references(a.target, a.k, a.out, device=a.device, threads=a.threads, progress=not a.quiet,
-                           max_steps_this_run=a.max_steps_this_run)
-    done = [p.name for p in finished_references(out)] if any(out.glob("ref-*/training.json")) else []
-    print(f"{len(done)} of {a.k} reference models finished in {out}"
-          + ("" if len(done) == a.k else "; run the same command again to continue"))
-    return 0
 
 
 def cmd_attack(a) -> int:
@@ -208,14 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (a target); rerun to resume")
     t.add_argument("--max-steps-this-run", type=int, default=None, help="stop after this many steps (resume later)")
     t.add_argument("--quiet", action="store_true")
-    _add_config_args(t, TrainConfig)
+    add_config_args(t, TrainConfig)
     t.set_defaults(fn=cmd_train)
 
     ts = sub.add_parser("train-sd", help="train the tiny text-to-image latent (Stable Diffusion-style) target")
     ts.add_argument("--out", required=True, help="output folder (a StableDiffusionPipeline folder); rerun to resume")
     ts.add_argument("--max-steps-this-run", type=int, default=None, help="stop after this many steps (resume later)")
     ts.add_argument("--quiet", action="store_true")
-    _add_config_args(ts, TrainSDConfig)
+    add_config_args(ts, TrainSDConfig)
     ts.set_defaults(fn=cmd_train_sd)
 
     tr = sub.add_parser("train-references", help="train reference models (the target's recipe, none of its "

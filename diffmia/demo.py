@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .attacks import ATTACKS
+from .data import MembershipSplit
 from .errors import TargetError
 from .targets.folder import TargetFolder
 
@@ -54,6 +55,8 @@ def _run(target: str, out: str, quick: bool, condition: str | None):
                           "(targets/) - check out the full repository or pass --target")
     latent = folder.is_latent
     n_mem, n_non = (DEMO_SD_SIZES if latent else DEMO_SIZES)["quick" if quick else "full"]
+    split = MembershipSplit.load(folder.split_path)            # the demo's sizes are caps: a smaller split is used whole
+    n_mem, n_non = min(n_mem, len(split.members)), min(n_non, len(split.nonmembers))
     attacks, params = demo_attacks(folder, target)
     cfg = RunConfig(target=target, out=out, attacks=attacks, params=params, n_members=n_mem,
                     n_nonmembers=n_non, condition=condition, device="auto", n_boot=500)

@@ -27,6 +27,7 @@ import numpy as np
 from .data import MembershipSplit, load_dataset
 from .errors import DiffmiaError
 from .targets.folder import TargetFolder
+from .trainer import checkpoint_step
 
 REFERENCE_SEED_OFFSET = 1000   # reference i: split seed and training seed = target seed + 1000 + i
 
@@ -125,8 +126,7 @@ def train_references(target, k: int, out, device: str = "auto", threads: int | N
 def _step_of(folder: Path) -> int:
     if (folder / "training.json").exists():
         return int(json.loads((folder / "training.json").read_text())["steps"])
-    state = folder / "checkpoint" / "state.json"
-    return int(json.loads(state.read_text())["step"]) if state.exists() else 0
+    return checkpoint_step(folder / "checkpoint")
 
 
 def finished_references(path) -> list[Path]:

@@ -26,7 +26,7 @@ from . import protocol
 from .attacks import ATTACKS
 from .data import MembershipSplit, load_dataset, to_model_input
 from .data.captions import CONDITIONS, captions_for, load_captions
-from .errors import DiffmiaError
+from .errors import DiffmiaError, SplitError
 from .features import Chunks, Engine, Stage, cache_key, check_chunks, fingerprint, merge, plan, run_workers, warn
 from .provenance import git_commit, library_versions
 from .scores import Scores
@@ -130,7 +130,11 @@ def check_config(cfg: RunConfig) -> None:
 # ----------------------------------------------------------------------------- the run
 def prepare_data(cfg: RunConfig):
     split_path = cfg.split or str(TargetFolder(cfg.target).split_path)
-    split = MembershipSplit.load(split_path).limit(cfg.n_members, cfg.n_nonmembers)
+    split = MembershipSplit.load(split_path)
+    try:
+        split = split.limit(cfg.n_members, cfg.n_nonmembers)
+    except SplitError as e:
+        raise SplitError(f"{split_path}: {e} (--n-members, --n-nonmembers)") from None
     data = load_dataset(cfg.data, cfg.data_root)
     sub, is_member = split.select(data)
     return sub, is_member, split_path

@@ -3,8 +3,9 @@
 A ``diffusers`` ``UNet2DModel`` with epsilon prediction and a linear-beta ``DDPMScheduler``; AdamW with
 linear warm-up, gradient clipping, EMA weights beside the raw ones, optional augmentation (horizontal
 flip, Cutout, RandAugment) and weight decay. Checkpoints are written atomically every
-``checkpoint_every`` steps; re-running the same command continues from the last one (also after
-``kill -9``). Batches and noise depend only on (seed, step), so a resumed run equals an uninterrupted one.
+``checkpoint_every`` steps, the one before kept as ``checkpoint.prev``; re-running the same command continues
+from the newest one that loads (also after ``kill -9``; an unreadable one is set aside with a warning). Batches
+and noise depend only on (seed, step), so a resumed run equals an uninterrupted one.
 
 Output folder = a target (layout: :class:`~diffmia.targets.folder.TargetFolder`): ``unet/`` (EMA),
 ``unet_raw/``, ``scheduler/``, ``model_index.json`` (so ``diffusers.DDPMPipeline.from_pretrained`` opens

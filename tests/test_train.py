@@ -54,8 +54,8 @@ def test_kill_9_then_rerun_continues(tmp_path):
     time.sleep(0.5)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert state.exists() or (out / "checkpoint.old" / "state.json").exists()
-    done_before = json.loads((state if state.exists() else out / "checkpoint.old" / "state.json").read_text())["step"]
+    assert state.exists() or (out / "checkpoint.prev" / "state.json").exists()
+    done_before = json.loads((state if state.exists() else out / "checkpoint.prev" / "state.json").read_text())["step"]
     assert 0 < done_before < 150
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

@@ -55,6 +55,10 @@ class Dataset:
             raise DataError(f"{self.name}: the data set is empty")
         if self.ids is None:
             self.ids = np.arange(len(self.images), dtype=np.int64)
+        for what, v in (("labels", self.labels), ("ids", self.ids), ("captions", self.captions),
+                        ("file names", self.files)):
+            if v is not None and len(v) != len(self.images):
+                raise DataError(f"{self.name}: {len(v)} {what} for {len(self.images)} images; one per image is needed")
         self.ids = np.asarray(self.ids, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -114,12 +118,19 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, subset: str = "tra
         raise DataError(f"Fashion-MNIST subset must be 'train' or 'test', got {subset!r}")
     folder = fashion_mnist_dir(root)
     img_file, lbl_file = (folder / f for f in _FMNIST_FILES[subset])
-    if not img_file.exists() or not lbl_file.exists():
+    if not img_file.exists() and not lbl_file.exists():
         raise DataError(
             f"Fashion-MNIST not found: {img_file} is missing. Install it with "
             "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or download the four "
             f"IDX .gz files into a folder and pass it with --data-root or ${FASHION_MNIST_ENV}.")
+    for missing, other, kind in ((lbl_file, img_file, "labels"), (img_file, lbl_file, "images")):
+        if not missing.exists():
+            raise DataError(f"Fashion-MNIST {subset} {kind} file missing: {missing} (its {other.name} is there); "
+                            f"put {missing.name} beside it (package dataset-fashion-mnist holds all four IDX files)")
     images, labels = _read_idx(img_file), _read_idx(lbl_file)
+    if labels.ndim != 1:
+        raise DataError(f"{lbl_file}: not a labels file (an IDX array of shape {labels.shape}, expected one label "
+                        "per image)")
     if images.ndim != 3 or len(images) != len(labels):
         raise DataError(f"{img_file}: expected N x 28 x 28 images matching {len(labels)} labels, "
                         f"got shape {images.shape}")
@@ -190,6 +201,16 @@ def load_npz(path: str | os.PathLike, key: str = "images") -> Dataset:
         images = z[key]
         labels = z["labels"] if "labels" in z else None
         ids = z["ids"] if "ids" in z else None
+    for what, v in (("labels", labels), ("ids", ids)):
+        if v is not None and (v.ndim != 1 or len(v) != len(images)):
+            raise DataError(f"{path}: {what!r} must hold one value per image: {len(images)} images, {what} of "
+                            f"shape {v.shape}")
+    if ids is not None and ids.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'ids' must be integers, got {ids.dtype} values (first: {ids.tolist()[0]})")
+    if ids is not None and (ids < 0).any():
+        raise DataError(f"{path}: id {ids[ids < 0][0]} is negative (ids must be 0 or more)")
+    if ids is not None and len(np.unique(ids)) != len(ids):
+        raise DataError(f"{path}: some ids are listed twice; each image needs its own id")
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)
     if images.dtype != np.uint8:

@@ -1,0 +1,85 @@
+"""The training commands of the ``diffmia`` command line: train | train-sd | train-references."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import MISSING, fields
+
+from .errors import DiffmiaError
+
+
+def add_config_args(p: argparse.ArgumentParser, config_class) -> None:
+    """One option per field of a training configuration dataclass (nested configurations are skipped)."""
+    for f in fields(config_class):
+        if f.default is MISSING and f.default_factory is not MISSING:
+            continue
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            p.add_argument(flag, default=",".join(map(str, default)), metavar="A,B,..",
+                           help=f"default {','.join(map(str, default))}")
+        else:
+            typ = type(default) if default is not None else (int if f.name in ("n_nonmembers", "threads") else str)
+            p.add_argument(flag, type=typ, default=default, help=f"default {default}")
+
+
+def cmd_train(a) -> int:
+    from .train import TrainConfig, train
+
+    d = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
+    try:
+        d["channels"] = tuple(int(c) for c in str(d["channels"]).split(","))
+    except ValueError:
+        raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
+    _check_positive(a, "steps", "batch_size", "n_members", "checkpoint_every")
+    cfg = TrainConfig.from_dict(d)
+    out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
+                max_steps_this_run=a.max_steps_this_run)
+    return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
+                                   f"{r['seconds_per_step']} s/step, final loss "
+                                   + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}"))
+
+
+def _check_positive(a, *names) -> None:
+    """Refuse a training option below 1 (a checkpoint interval of 0 would divide by zero)."""
+    for n in names + ("max_steps_this_run",):
+        v = getattr(a, n, None)
+        if v is not None and v < 1:
+            raise DiffmiaError(f"--{n.replace('_', '-')} must be at least 1, got {v}")
+
+
+def _trained(out, summary) -> int:
+    """Print what a training command left: the finished target's summary, or how to continue."""
+    from .targets import TargetFolder
+
+    folder = TargetFolder(out)
+    print(summary(folder.training_record()) if folder.training_json.exists()
+          else f"checkpoint saved in {out}; run the same command again to continue")
+    return 0
+
+
+def cmd_train_sd(a) -> int:
+    from .train_sd import TrainSDConfig, train_sd
+
+    d = {f.name: getattr(a, f.name) for f in fields(TrainSDConfig) if hasattr(a, f.name)}
+    _check_positive(a, "steps", "vae_steps", "batch_size", "n_members", "checkpoint_every")
+    out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
+                   max_steps_this_run=a.max_steps_this_run)
+    return _trained(out, lambda r: f"SD target written to {out}: {r['steps']} UNet steps ({r['parameters']['unet']} "
+                                   f"parameters), {r['vae_steps']} VAE steps, {r['wall_seconds']} s")
+
+
+def cmd_train_references(a) -> int:
+    from .references import finished_references, train_references
+
+    _check_positive(a)
+    out = train_references(a.target, a.k, a.out, device=a.device, threads=a.threads, progress=not a.quiet,
+                           max_steps_this_run=a.max_steps_this_run)
+    done = [p.name for p in finished_references(out)] if any(out.glob("ref-*/training.json")) else []
+    print(f"{len(done)} of {a.k} reference models finished in {out}"
+          + ("" if len(done) == a.k else "; run the same command again to continue"))
+    return 0
