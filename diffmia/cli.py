@@ -53,15 +53,20 @@ def cmd_attack(a) -> int:
     from .report import console_table
     from .run import RunConfig, run_attacks
 
+    missing = [f for f in ("target", "out") if not getattr(a, f)]
+    if missing:
+        raise DiffmiaError(f"{', '.join('--' + f for f in missing)} required (a flag, or a key of --config)")
     cfg = RunConfig(target=a.target, out=a.out, attacks=[s for s in a.attacks.split(",") if s],
                     params=parse_params(a.param), data=a.data, data_root=a.data_root, split=a.split,
                     n_members=a.n_members, n_nonmembers=a.n_nonmembers, weights=a.weights,
                     condition=a.condition, captions=a.captions, replacement_captions=a.replacement_captions,
-                    guidance_scale=a.guidance_scale, device=a.device,
+                    guidance_scale=a.guidance_scale, convert=a.convert, device=a.device,
                     batch_size=a.batch_size, chunk_size=a.chunk_size, workers=a.workers,
                     calibration_fraction=a.calibration_fraction, seed=a.seed, n_boot=a.n_boot,
-                    blind=not a.no_blind, progress=not a.quiet)
-    report = run_attacks(cfg, command="diffmia " + shlex.join(sys.argv[1:]))
+                    blind=not a.no_blind, progress=not a.quiet, config_file=a.config)
+    report = run_attacks(cfg, command="diffmia " + shlex.join(a.argv))
+    if report is None:                 # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(console_table(report))
     for w in report.get("warnings", []):
         print("WARNING:", w)
@@ -73,8 +78,6 @@ def cmd_report(a) -> int:
     from .report import console_table
     from .run import rerun_report
 
-    if not (Path(a.run) / "run.json").exists():
-        raise DiffmiaError(f"{a.run}: not a run folder (run.json missing)")
     print(console_table(rerun_report(a.run, n_boot=a.n_boot)))
     return 0
 
@@ -163,11 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_train_references)
 
     at = sub.add_parser("attack", help="score a split's samples with attacks and evaluate them")
-    at.add_argument("--target", required=True, help="target folder (unet/, scheduler/, split.json)")
+    at.add_argument("--config", default=None, metavar="FILE.toml",
+                    help="a TOML file whose keys are these flags (flags given here override it)")
+    at.add_argument("--target", default=None, help="target folder (unet/, scheduler/, split.json); required")
     at.add_argument("--attacks", default="loss", help="comma-separated attack names (see 'diffmia list')")
     at.add_argument("--param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                     help="attack parameter, e.g. pia.t=100,200 (repeatable)")
-    at.add_argument("--out", required=True, help="run folder (rerun to resume)")
+    at.add_argument("--out", default=None, help="run folder (rerun to resume); required")
     at.add_argument("--data", default="fashion-mnist",
                     help="fashion-mnist[:test], cifar10, cifar100, stl10[:unlabeled], an image folder or an .npz")
     at.add_argument("--data-root", default=None,
@@ -186,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--guidance-scale", type=float, default=1.0,
                     help="classifier-free guidance of text-conditioned targets (1: conditional only; "
                          "other values cost two queries)")
+    at.add_argument("--convert", choices=("grey", "rgb"), default=None,
+                    help="convert the images to the target's channels: grey (RGB -> luminance) or rgb (grey "
+                         "repeated); without it, images whose channels differ from the target's are refused")
     at.add_argument("--device", default="auto", help="cpu, cuda or auto")
     at.add_argument("--batch-size", type=int, default=256)
     at.add_argument("--chunk-size", type=int, default=256, help="samples per cached chunk")
@@ -237,16 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-sd", action="store_true", help="skip the text-to-image target")
     d.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     d.set_defaults(fn=cmd_demo)
+    p.attack_parser = at
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = parser.parse_args(argv)
+    a.argv = argv                          # the command as given, recorded in run.json / training.json
     try:
+        if getattr(a, "config", None):     # the file's keys become defaults; flags given here override them
+            from .config import read_config_file
+
+            parser.attack_parser.set_defaults(**read_config_file(a.config, parser.attack_parser))
+            a = parser.parse_args(argv)
+            a.argv = argv
         return a.fn(a)
     except DiffmiaError as e:
         print(f"diffmia: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                  # an output folder that is a file, unwritable, read-only or full
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"diffmia: error: {where}{e.strerror or e}; finished chunks and checkpoints are kept", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffmia: interrupted; finished chunks and checkpoints are kept, rerun to continue", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from dataclasses import MISSING, fields
 
 from .errors import DiffmiaError
@@ -37,7 +36,7 @@ def cmd_train(a) -> int:
         raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
     _check_positive(a, "steps", "batch_size", "n_members", "checkpoint_every")
     cfg = TrainConfig.from_dict(d)
-    out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
+    out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(a.argv),
                 max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
                                    f"{r['seconds_per_step']} s/step, final loss "
@@ -67,7 +66,7 @@ def cmd_train_sd(a) -> int:
 
     d = {f.name: getattr(a, f.name) for f in fields(TrainSDConfig) if hasattr(a, f.name)}
     _check_positive(a, "steps", "vae_steps", "batch_size", "n_members", "checkpoint_every")
-    out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(sys.argv[1:]),
+    out = train_sd(TrainSDConfig(**d), a.out, progress=not a.quiet, command="diffmia " + shlex.join(a.argv),
                    max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"SD target written to {out}: {r['steps']} UNet steps ({r['parameters']['unet']} "
                                    f"parameters), {r['vae_steps']} VAE steps, {r['wall_seconds']} s")

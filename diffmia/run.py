@@ -8,7 +8,9 @@ orchestrates.
   metrics.json                          per attack: headline (test half), calibrated rates, sweep, cost
   report.md, roc.png, roc_loglog.png    (report.py)
   report.html                           the same as one self-contained page (report_html.py)
-  run.json                              the configuration, command, versions and commit
+  run.json                              the resolved configuration (and its --config file), command,
+                                        versions, commit, world size, the rank that computed each chunk
+  fingerprints.json                     SHA-256 of the target's files (read once; keyed by size and mtime)
 """
 
 from __future__ import annotations
@@ -16,49 +18,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 
 from . import protocol
 from .attacks import ATTACKS
-from .data import MembershipSplit, load_dataset, to_model_input
-from .data.captions import CONDITIONS, captions_for, load_captions
-from .errors import DiffmiaError, SplitError
+from .config import RunConfig, check_config  # noqa: F401  (RunConfig: the run's public entry)
+from .errors import DiffmiaError
+from .inputs import model_input, prepare_data, prompts_for
 from .features import Chunks, Engine, Stage, cache_key, check_chunks, fingerprint, merge, plan, run_workers, warn
 from .provenance import git_commit, library_versions
 from .scores import Scores
 from .targets import TargetFolder
-
-
-@dataclass
-class RunConfig:
-    target: str
-    out: str
-    attacks: list[str] = field(default_factory=lambda: ["loss"])
-    params: dict[str, dict] = field(default_factory=dict)   # attack name -> constructor kwargs
-    data: str = "fashion-mnist"
-    data_root: str | None = None
-    split: str | None = None          # default: <target>/split.json
-    n_members: int | None = None      # use only the first n members / non-members of the split
-    n_nonmembers: int | None = None
-    weights: str = "ema"
-    condition: str | None = None      # latent targets: caption | empty | replacement (default caption)
-    captions: str | None = None       # captions file (default <target>/captions.csv, or the data's captions)
-    replacement_captions: str | None = None   # default <target>/replacement_captions.csv
-    guidance_scale: float = 1.0       # latent targets: classifier-free guidance (w != 1 costs 2 queries)
-    device: str = "auto"
-    batch_size: int = 256
-    chunk_size: int = 256
-    workers: int = 1
-    calibration_fraction: float = 0.5
-    seed: int = 0
-    n_boot: int = 1000
-    crossfit_folds: int = 2           # learned attacks: out-of-fold scores on the calibration half
-    blind: bool = True                # add the blind baseline to every run
-    progress: bool = True
 
 
 def make_attack(name: str, params: dict | None = None):
@@ -92,76 +65,7 @@ def share_component_params(attack, params: dict) -> None:
         attack.reference_folders()        # and that the reference models exist
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Refuse out-of-range or wrong-type settings before any work (never clamp or truncate them)."""
-    def bad(flag, want, v):
-        raise DiffmiaError(f"{flag} must be {want}, got {v!r}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not cfg.attacks or not all(isinstance(a, str) and a for a in cfg.attacks):
-        bad("--attacks", "a non-empty comma-separated list of attack names (see diffmia list)", cfg.attacks)
-    for flag, v in (("--n-members", cfg.n_members), ("--n-nonmembers", cfg.n_nonmembers)):
-        if v is not None and (not is_int(v) or v < 1):
-            bad(flag, "a positive integer", v)
-    for flag, v in (("--batch-size", cfg.batch_size), ("--chunk-size", cfg.chunk_size), ("--workers", cfg.workers),
-                    ("--n-boot", cfg.n_boot), ("crossfit_folds", cfg.crossfit_folds)):
-        if not is_int(v) or v < 1:
-            bad(flag, "a positive integer", v)
-    if not is_int(cfg.seed) or cfg.seed < 0:
-        bad("--seed", "a non-negative integer", cfg.seed)
-    f = cfg.calibration_fraction
-    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
-        bad("--calibration-fraction", "a number strictly between 0 and 1", f)
-    if cfg.weights not in ("ema", "raw"):
-        bad("--weights", "ema or raw", cfg.weights)
-    g = cfg.guidance_scale
-    if not isinstance(g, (int, float)) or isinstance(g, bool) or not np.isfinite(g) or g < 0:
-        bad("--guidance-scale", "a finite number >= 0", g)
-    from .targets.base import resolve_device
-
-    try:
-        resolve_device(cfg.device)
-    except RuntimeError:
-        bad("--device", "auto, cpu, cuda or cuda:N (a torch device)", cfg.device)
-
-
 # ----------------------------------------------------------------------------- the run
-def prepare_data(cfg: RunConfig):
-    split_path = cfg.split or str(TargetFolder(cfg.target).split_path)
-    split = MembershipSplit.load(split_path)
-    try:
-        split = split.limit(cfg.n_members, cfg.n_nonmembers)
-    except SplitError as e:
-        raise SplitError(f"{split_path}: {e} (--n-members, --n-nonmembers)") from None
-    data = load_dataset(cfg.data, cfg.data_root)
-    sub, is_member = split.select(data)
-    return sub, is_member, split_path
-
-
-def prompts_for(cfg: RunConfig, folder: TargetFolder, data) -> tuple[str | None, np.ndarray | None]:
-    """(condition, one prompt per sample) for a text-conditioned target; (None, None) for a pixel one."""
-    if not folder.is_latent:
-        if cfg.condition is not None or cfg.captions or cfg.replacement_captions or cfg.guidance_scale != 1.0:
-            raise DiffmiaError(f"{cfg.target}: --condition, --captions and --guidance-scale apply to text-conditioned "
-                               "(latent) targets only")
-        return None, None
-    condition = cfg.condition or "caption"
-    if condition not in CONDITIONS:
-        raise DiffmiaError(f"--condition must be one of {CONDITIONS}, got {condition!r}")
-    if condition == "empty":
-        return condition, np.array([""] * len(data.ids), dtype=object)
-    given = cfg.captions if condition == "caption" else cfg.replacement_captions
-    path = Path(given) if given else (folder.captions_csv if condition == "caption" else folder.replacement_captions_csv)
-    if condition == "caption" and given is None and not path.exists() and data.captions is not None:
-        return condition, np.array(data.captions, dtype=object)       # an image folder's own captions
-    flag = "--captions" if condition == "caption" else "--replacement-captions"
-    if not path.exists():
-        raise DiffmiaError(f"condition {condition!r}: {path} not found; pass a captions file (id,caption) with {flag}")
-    return condition, np.array(captions_for(data, load_captions(path), str(path)), dtype=object)
-
-
 def run_attacks(cfg: RunConfig, command: str | None = None) -> dict | None:
     """Run ``cfg``; returns the report (metrics.json) on rank 0, None on the other torchrun ranks."""
     from . import distributed
@@ -297,10 +201,6 @@ def compute_all(stages: list[Stage], chunks: Chunks, todo, cfg: RunConfig, rank:
     bar.close()
 
 
-def model_input(data, folder: TargetFolder, cfg: RunConfig) -> np.ndarray:
-    return to_model_input(data.images, folder.image_size(cfg.weights)).numpy()
-
-
 def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps: int | None = None) -> dict:
     ev = protocol.evaluate(sc.variants, sc.is_member, sc.calibration, cfg.n_boot, cfg.seed)
     n = len(sc.ids)
@@ -328,10 +228,32 @@ def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps
     return ev
 
 
+def unfinished_check(run_dir: Path) -> dict:
+    """run.json of a finished run; for what a killed run leaves, a one-line error that says what is
+    missing and the command that finishes it (its cached chunks are reused)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        RunConfig(**info["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise DiffmiaError(f"{run_dir}: not a run folder (run.json missing or unreadable)") from None
+    missing = [] if (run_dir / "metrics.json").exists() else ["metrics.json"]
+    try:
+        names = list(json.loads((run_dir / "metrics.json").read_text())["attacks"]) if not missing else []
+    except (json.JSONDecodeError, KeyError):
+        names, missing = [], ["a readable metrics.json"]
+    missing += [f"scores/{n}.npz" for n in names if not (run_dir / "scores" / f"{n}.npz").exists()]
+    if missing:
+        chunks = len(list(run_dir.glob("features/*/chunk_*.npz")))
+        cmd = info.get("command") or "the diffmia attack command that made it"
+        raise DiffmiaError(f"{run_dir}: the run did not finish ({', '.join(missing)} missing; {chunks} feature "
+                           f"chunks are cached); finish it by running the same command again: {cmd}")
+    return info
+
+
 def rerun_report(run_dir, n_boot: int = 1000, seed: int | None = None) -> dict:
     """Recompute metrics and the report from a run folder's saved scores (no model needed)."""
     run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
+    info = unfinished_check(run_dir)
     cfg = RunConfig(**info["config"])
     cfg.n_boot = n_boot
     old = json.loads((run_dir / "metrics.json").read_text())

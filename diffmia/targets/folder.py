@@ -159,6 +159,12 @@ class TargetFolder:
             return size
         return size * vae_scale(self._json(self.component_dir("vae") / "config.json"))
 
+    def image_channels(self, weights: str = "ema") -> int | None:
+        """The channels of the images the target takes (the UNet's, or the VAE's for a latent target)."""
+        cfg = self._json(self.component_dir("vae") / "config.json") if self.is_latent else (
+            self.unet_config(weights) if (self.unet_dir(weights) / "config.json").exists() else {})
+        return cfg.get("in_channels")
+
     def num_train_timesteps(self) -> int | None:
         """T from the scheduler config (None without one)."""
         if not (self.scheduler_dir / "scheduler_config.json").exists():
