@@ -37,12 +37,13 @@ HEADER = ["attack", "access", "variant (chosen on calibration)", "AUC [95% CI]",
           "TPR@0.1%FPR", "ASR (oracle)", "calibrated acc.", "queries/sample", "seconds", "img/s"]
 
 
-COST_HEADER = ["attack", "queries/sample (declared)", "measured", "seconds (queries + fit)", "img/s", "forward s",
-               "query time / forward"]
+COST_HEADER = ["attack", "queries/sample (declared)", "measured", "model calls/sample", "seconds (queries + fit)",
+               "img/s", "forward s", "query time / forward"]
 
 
 def cost_rows(report: dict) -> list[list[str]]:
     return [[name, str(r.get("queries_per_sample")), fmt(r.get("measured_queries_per_sample"), 2),
+             fmt(r.get("model_calls_per_sample"), 2),
              f"{fmt(r.get('seconds'), 2)} ({fmt(r.get('query_seconds'), 2)} + {fmt(r.get('fit_seconds'), 2)})",
              fmt(r.get("images_per_second"), 1), fmt(r.get("forward_seconds"), 2), fmt(r.get("overhead_ratio"), 2)]
             for name, r in report["attacks"].items()]
@@ -60,7 +61,16 @@ def console_table(report: dict) -> str:
              str(r.get("queries_per_sample", "")), fmt(r.get("seconds"), 1)] for n, r in report["attacks"].items()]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+                     + ([queries_sentence(report)] if report.get("queries") else []))
+
+
+def queries_sentence(report: dict) -> str:
+    """The run's model queries: what its attacks asked for and what reached the model (the planner answers
+    a question another attack already asked; chunks cached by an earlier run cost nothing)."""
+    q = report["queries"]
+    return (f"Model queries: the attacks asked {q['requested']:,}, {q['model_calls']:,} reached the model "
+            "(identical calls are made once; cached chunks are reused).")
 
 
 def chosen_variant(report: dict, name: str, sc) -> tuple[str, np.ndarray]:
@@ -222,6 +232,8 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
                 md.append(f"| {k} | {fmt(v['auc'])} | {fmt(v['tpr_at_1pct_fpr'])} | {fmt(v['calibration_auc'])} |")
             md.append("")
     md += ["## Cost", "", markdown_table(COST_HEADER, cost_rows(report))]
+    if report.get("queries"):
+        md += ["", queries_sentence(report)]
     (folder / "report.md").write_text("\n".join(md) + "\n")
     from .report_html import write_html
 
