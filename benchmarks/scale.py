@@ -30,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default=str(ROOT / "targets" / "fmnist-ddpm"))
     ap.add_argument("--attacks", default="pia,secmi,loss")
+    ap.add_argument("--split", default=None, help="default: the target's split.json")
     ap.add_argument("--n-members", type=int, default=256)
     ap.add_argument("--n-nonmembers", type=int, default=768)
     ap.add_argument("--ranks", default="1,2")
@@ -46,11 +47,11 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         args = ["attack", "--target", a.target, "--attacks", a.attacks, "--n-members", str(a.n_members),
                 "--n-nonmembers", str(a.n_nonmembers), "--device", a.device, "--chunk-size", str(a.chunk_size),
-                "--batch-size", str(a.batch_size), "--no-blind", "--quiet", "--n-boot", "100", "--out", str(out)]
+                "--batch-size", str(a.batch_size), *(["--split", a.split] if a.split else []), "--no-blind", "--quiet", "--n-boot", "100", "--out", str(out)]
         launch = ([sys.executable, "-m", "diffmia"] if n == 1 else
                   [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
                    "-m", "diffmia"])
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, a.cores // n)), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, a.cores // n)), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         t0 = time.perf_counter()
         timer = ["/usr/bin/time", "-f", "%M"] if Path("/usr/bin/time").exists() else []   # peak RSS, KB
         p = subprocess.run([*timer, *launch, *args], env=env, capture_output=True, text=True)
