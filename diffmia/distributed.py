@@ -89,3 +89,55 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:      # the parent died before prctl took effect
         os._exit(1)
+
+
+# ----------------------------------------------------------------------------- --workers N on one machine
+_WORKER: dict = {}               # a --workers process's own Engine
+
+
+def _worker_init(args, threads, counter, world):
+    die_with_parent()
+    torch.set_num_threads(threads)
+    with counter.get_lock():               # ranks 0..world-1 in the order the processes start
+        rank = counter.value
+        counter.value += 1
+    from .features import Engine
+
+    _WORKER["engine"] = Engine(*args, rank=rank, world=world)
+
+
+def _worker_chunk(stages, chunks, names):
+    return _WORKER["engine"].compute(stages, chunks, 0, names)
+
+
+def run_workers(workers: int, engine_args: tuple, stages, chunks, todo, bar) -> None:
+    """Compute ``todo`` in ``workers`` spawned processes (ranks 0..workers-1, each one copy of the model),
+    chunks handed out as processes free up; the processes die with this one."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(engine_args, threads, counter, workers))
+    try:
+        futs = [ex.submit(_worker_chunk, stages, _chunk_only(chunks, i), names) for i, names in todo]
+        for f in futs:
+            bar.update(f.result())
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
+
+
+def _chunk_only(chunks, i: int):
+    """A one-chunk view (only that chunk's arrays travel to the worker process)."""
+    import numpy as np
+
+    from .features import Chunks
+
+    images, ids, cond = chunks.part(i)
+    c = Chunks(images, ids, None if cond is None else np.array(cond, dtype=object), chunks.size)
+    c.starts, c.offset = [chunks.starts[i]], chunks.starts[i]
+    return c

@@ -246,58 +246,11 @@ class Engine:
             bad = ~np.isfinite(v.astype(np.float64)) if v.dtype.kind in "fc" else np.zeros(len(v), bool)
             if bad.any():
                 j = int(np.flatnonzero(bad.reshape(len(v), -1).any(1))[0])
-                raise DiffmiaError(f"{st.attack.name}: non-finite feature {k!r} ({v.reshape(len(v), -1)[j][0]}) for "
+                row = v.reshape(len(v), -1)[j]
+                raise DiffmiaError(f"{st.attack.name}: non-finite feature {k!r} ({row[~np.isfinite(row)][0]}) for "
                                    f"sample id {int(ids[j])} (the first one); finished chunks are kept")
         meta["features_sha"] = features_sha(feats)
         save_npz(chunks.path(st, i), feats, meta)
-
-
-# ----------------------------------------------------------------------------- --workers N on one machine
-_WORKER: dict = {}
-
-
-def _worker_init(args, threads, counter, world):
-    from .distributed import die_with_parent
-
-    die_with_parent()
-    torch.set_num_threads(threads)
-    with counter.get_lock():               # ranks 0..world-1 in the order the processes start
-        rank = counter.value
-        counter.value += 1
-    _WORKER["engine"] = Engine(*args, rank=rank, world=world)
-
-
-def _worker_chunk(stages, chunks, names):
-    return _WORKER["engine"].compute(stages, chunks, 0, names)
-
-
-def run_workers(workers: int, engine_args: tuple, stages, chunks: Chunks, todo, bar) -> None:
-    """Compute ``todo`` in ``workers`` spawned processes (ranks 0..workers-1, each one copy of the model),
-    chunks handed out as processes free up; the processes die with this one."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("i", 0)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(engine_args, threads, counter, workers))
-    try:
-        futs = [ex.submit(_worker_chunk, stages, _chunk_only(chunks, i), names) for i, names in todo]
-        for f in futs:
-            bar.update(f.result())
-    except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    ex.shutdown()
-
-
-def _chunk_only(chunks: Chunks, i: int) -> Chunks:
-    """A one-chunk view (only that chunk's arrays travel to the worker process)."""
-    images, ids, cond = chunks.part(i)
-    c = Chunks(images, ids, None if cond is None else np.array(cond, dtype=object), chunks.size)
-    c.starts, c.offset = [chunks.starts[i]], chunks.starts[i]
-    return c
 
 
 def warn(line: str) -> None:

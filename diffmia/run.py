@@ -28,7 +28,8 @@ from .attacks import ATTACKS
 from .config import RunConfig, check_config  # noqa: F401  (RunConfig: the run's public entry)
 from .errors import DiffmiaError
 from .inputs import model_input, prepare_data, prompts_for
-from .features import Chunks, Engine, Stage, cache_key, check_chunks, fingerprint, merge, plan, run_workers, warn
+from .distributed import run_workers
+from .features import Chunks, Engine, Stage, cache_key, check_chunks, fingerprint, merge, plan, warn
 from .provenance import git_commit, library_versions
 from .scores import Scores
 from .targets import TargetFolder

@@ -89,3 +89,19 @@ def sd_dir(tmp_path_factory, fmnist):
             w.writerow(["id", "caption"])
             w.writerows(zip(data.ids.tolist(), texts))
     return out
+
+
+@pytest.fixture
+def chunk_calls(monkeypatch) -> list:
+    """The attack name of every feature chunk a run computes from now on (cached chunks are not computed)."""
+    import diffmia.features as feats_mod
+
+    calls = []
+    real = feats_mod.Engine._one
+
+    def spy(self, stage, *a, **k):
+        calls.append(stage.attack.name)
+        return real(self, stage, *a, **k)
+
+    monkeypatch.setattr(feats_mod.Engine, "_one", spy)
+    return calls

@@ -141,20 +141,12 @@ def test_fusion_refuses_learned_or_unknown_components():
         Fusion(components=("nope",)).queries_per_sample()
 
 
-def test_fusion_in_a_run_reuses_the_components_chunks(tmp_path, monkeypatch):
+def test_fusion_in_a_run_reuses_the_components_chunks(tmp_path, chunk_calls):
     """The components ran in the same run: fusion makes no model call of its own, and its reported cost is
     the components' (counted) cost."""
-    import diffmia.features as feats_mod
     from diffmia.run import RunConfig, run_attacks
 
-    calls = []
-    real = feats_mod.Engine._one
-
-    def spy(self, stage, *a, **k):
-        calls.append(stage.attack.name)
-        return real(self, stage, *a, **k)
-
-    monkeypatch.setattr(feats_mod.Engine, "_one", spy)
+    calls = chunk_calls
     memorised = Path(__file__).parent / "fixtures" / "memorised"
     cfg = RunConfig(target=str(memorised), out=str(tmp_path / "run"), attacks=["sima", "pia", "fusion"],
                     params={"sima": {"t": (20, 40)}, "fusion": {"components": ("sima", "pia")}},

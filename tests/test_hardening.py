@@ -103,7 +103,7 @@ def test_an_output_folder_that_is_a_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("code, text", [(errno.ENOSPC, "No space left on device"),
                                         (errno.EROFS, "Read-only file system")])
-def test_a_full_or_read_only_disk_keeps_the_finished_chunks(tmp_path, capsys, monkeypatch, code, text):
+def test_a_full_or_read_only_disk_keeps_the_finished_chunks(tmp_path, capsys, monkeypatch, request, code, text):
     real = feats_mod.save_npz
     written = []
 
@@ -118,9 +118,7 @@ def test_a_full_or_read_only_disk_keeps_the_finished_chunks(tmp_path, capsys, mo
     assert main(args) == 2
     _one_line_error(capsys, text, "chunk_0000008.npz")
     monkeypatch.setattr(feats_mod, "save_npz", real)
-    calls = []
-    one = feats_mod.Engine._one
-    monkeypatch.setattr(feats_mod.Engine, "_one", lambda self, st, *a: calls.append(1) or one(self, st, *a))
+    calls = request.getfixturevalue("chunk_calls")
     assert main(args) == 0
     assert len(calls) == 3                               # 4 chunks, the first one kept
 

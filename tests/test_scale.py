@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import diffmia.features as feats_mod
 from diffmia.cli import main
 from diffmia.run import RunConfig, run_attacks
 from diffmia.scores import Scores
@@ -22,18 +21,6 @@ from diffmia.scores import Scores
 ROOT = Path(__file__).resolve().parent.parent
 MEMORISED = ROOT / "tests" / "fixtures" / "memorised"
 SMALL = dict(device="cpu", n_boot=1, blind=False, progress=False, n_members=16, n_nonmembers=16)
-
-
-def _spy_chunks(monkeypatch) -> list:
-    calls = []
-    real = feats_mod.Engine._one
-
-    def spy(self, stage, *a, **k):
-        calls.append(stage.attack.name)
-        return real(self, stage, *a, **k)
-
-    monkeypatch.setattr(feats_mod.Engine, "_one", spy)
-    return calls
 
 
 # ----------------------------------------------------------------------------- the query planner
@@ -79,7 +66,7 @@ def test_a_multi_attack_run_costs_its_distinct_queries(tmp_path):
 
 
 # ----------------------------------------------------------------------------- torchrun
-def test_two_torchrun_ranks_equal_one_process_and_resume_at_another_world_size(tmp_path, monkeypatch):
+def test_two_torchrun_ranks_equal_one_process_and_resume_at_another_world_size(tmp_path, request):
     args = ["attack", "--target", str(MEMORISED), "--attacks", "pia,loss", "--chunk-size", "8", "--device", "cpu",
             "--n-members", "16", "--n-nonmembers", "16", "--n-boot", "1", "--quiet", "--no-blind"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -97,20 +84,20 @@ def test_two_torchrun_ranks_equal_one_process_and_resume_at_another_world_size(t
         s1, s2 = (Scores.load(tmp_path / d / "scores" / f"{a}.npz") for d in ("one", "two"))
         np.testing.assert_array_equal(s1.ids, s2.ids)
         np.testing.assert_allclose(s1.primary, s2.primary, rtol=1e-5)
-    calls = _spy_chunks(monkeypatch)                     # one process resumes the 2-rank run: nothing to do
+    calls = request.getfixturevalue("chunk_calls")       # one process resumes the 2-rank run: nothing to do
     assert main([*args, "--out", str(tmp_path / "two")]) == 0
     assert calls == []
 
 
 # ----------------------------------------------------------------------------- the cache key
-def test_cache_follows_the_weights_content_not_the_folder(tmp_path, monkeypatch):
+def test_cache_follows_the_weights_content_not_the_folder(tmp_path, request):
     from safetensors.torch import load_file, save_file
 
     target = tmp_path / "target"
     shutil.copytree(MEMORISED, target)
     cfg = dict(target=str(target), out=str(tmp_path / "run"), attacks=["loss"], chunk_size=16, **SMALL)
     first = run_attacks(RunConfig(**cfg))["attacks"]["loss"]["auc"]
-    calls = _spy_chunks(monkeypatch)
+    calls = request.getfixturevalue("chunk_calls")
     run_attacks(RunConfig(**cfg))
     assert calls == []                                   # same inputs: resumed, nothing recomputed
     moved = tmp_path / "moved"
@@ -127,13 +114,13 @@ def test_cache_follows_the_weights_content_not_the_folder(tmp_path, monkeypatch)
     assert calls == ["loss"] * 4 and again != first
 
 
-def test_a_corrupt_or_stale_chunk_is_reported_and_recomputed(tmp_path, monkeypatch, capsys):
+def test_a_corrupt_or_stale_chunk_is_reported_and_recomputed(tmp_path, request, capsys):
     cfg = RunConfig(target=str(MEMORISED), out=str(tmp_path / "run"), attacks=["loss"], chunk_size=16, **SMALL)
     run_attacks(cfg)
     before = Scores.load(tmp_path / "run" / "scores" / "loss.npz").primary
     chunk = sorted((tmp_path / "run" / "features").glob("loss-*/chunk_*.npz"))[1]
     chunk.write_bytes(chunk.read_bytes()[:200])          # what a full disk or a killed copy leaves
-    calls = _spy_chunks(monkeypatch)
+    calls = request.getfixturevalue("chunk_calls")
     run_attacks(cfg)
     err = capsys.readouterr().err
     assert f"diffmia: warning: {chunk}: unreadable" in err and err.count("\n") == 1
