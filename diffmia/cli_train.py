@@ -1,10 +1,11 @@
-"""The training commands of the ``diffmia`` command line: train | train-sd | train-references."""
+"""The training commands of the ``diffmia`` command line: train | train-sd | train-references | study."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from .errors import DiffmiaError
 
@@ -81,4 +82,13 @@ def cmd_train_references(a) -> int:
     done = [p.name for p in finished_references(out)] if any(out.glob("ref-*/training.json")) else []
     print(f"{len(done)} of {a.k} reference models finished in {out}"
           + ("" if len(done) == a.k else "; run the same command again to continue"))
+    return 0
+
+
+def cmd_study(a) -> int:
+    from .study import run_study
+
+    result = run_study(a.file, out=a.out, only=[s for s in (a.only or "").split(",") if s] or None,
+                       progress=not a.quiet)
+    print(f"{len(result['rows'])} defences: {Path(result['out']) / 'STUDY.md'}, study.png, study.json")
     return 0

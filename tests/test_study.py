@@ -1,0 +1,74 @@
+"""``diffmia study``: a grid of defended targets on the same members, each attacked; resumable stage by stage."""
+
+import json
+
+import pytest
+
+from diffmia.cli import main
+
+TINY = """
+out = "{out}"
+attacks = ["loss"]
+n_nonmembers = 12
+n_boot = 20
+[params.loss]
+timesteps = [100]
+[base]
+n_members = 12
+channels = [8, 16]
+norm_num_groups = 4
+steps = 6
+batch_size = 4
+warmup_steps = 1
+checkpoint_every = 3
+sample_grid = 0
+threads = 1
+[defences.none]
+[defences.hflip]
+hflip = true
+[defences.members-6]
+n_members = 6
+"""
+
+
+def _study(tmp_path, text=TINY):
+    f = tmp_path / "study.toml"
+    f.write_text(text.format(out=tmp_path / "study"))
+    return f
+
+
+def test_a_study_trains_attacks_and_tabulates_every_defence(tmp_path, chunk_calls, capsys):
+    f = _study(tmp_path)
+    assert main(["study", str(f), "--quiet"]) == 0
+    out = tmp_path / "study"
+    res = json.loads((out / "study.json").read_text())
+    assert list(res["rows"]) == ["none", "hflip", "members-6"]
+    split = json.loads((out / "split.json").read_text())
+    for name, n in (("none", 12), ("hflip", 12), ("members-6", 6)):
+        own = json.loads((out / "targets" / name / "split.json").read_text())
+        assert own["members"] == split["members"][:n]                # the same members (a prefix)
+        assert own["nonmembers"] == split["nonmembers"]              # and the same non-members
+        assert json.loads((out / "targets" / name / "training.json").read_text())["steps"] == 6
+        assert res["rows"][name]["attacks"]["loss"]["auc"] is not None
+    cfg = json.loads((out / "targets" / "hflip" / "train_config.json").read_text())
+    assert cfg["hflip"] is True and cfg["channels"] == [8, 16]
+    table = (out / "STUDY.md").read_text()
+    assert "| hflip | hflip=True | 12 |" in table and "| members-6 | n_members=6 | 6 |" in table
+    assert (out / "study.png").stat().st_size > 1000
+    n_chunks = len(chunk_calls)
+    capsys.readouterr()
+    assert main(["study", str(f), "--quiet"]) == 0                  # resumed: nothing trained or attacked again
+    assert "[study]" not in capsys.readouterr().out and len(chunk_calls) == n_chunks
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("[defences.bad]\nhlfip = true\n", "[defences.bad] has no training option ['hlfip']"),
+    ("colour = 1\n", "unknown keys ['colour']"),
+])
+def test_a_study_file_is_checked_before_any_work(tmp_path, capsys, extra, needle):
+    text = TINY.replace('out = "{out}"', 'out = "{out}"\n' + extra) if "colour" in extra else TINY + extra
+    f = _study(tmp_path, text)
+    assert main(["study", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not (tmp_path / "study" / "targets").exists()
