@@ -75,7 +75,8 @@ def epsilon_text(report: dict) -> str:
             "ln((TNR_lo - delta) / FNR_hi)) with one-sided Clopper-Pearson bounds on the test half, at thresholds "
             f"chosen on the calibration half by {len(a.get('threshold_rules', {})) or 'several'} rules "
             "(Bonferroni over the distinct ones, so the largest holds at 95%). It is a lower bound, not an "
-            "estimate: the training is not (epsilon, delta)-DP for any smaller epsilon, and may leak much more.")
+            "estimate: with 95% confidence the training is not (epsilon, delta)-DP for any smaller epsilon, and it "
+            "may leak much more.")
     if a.get("delta_source"):
         text += f" delta = {a['delta']:.3g}: {a['delta_source']}."
     dp = report.get("dp")
