@@ -8,7 +8,9 @@
    scores sees an in-sample fit.
 3. ``evaluate``: the headline variant (highest calibration AUC) and the decision thresholds are chosen
    on the calibration rows only; headline numbers are measured on the test rows. Scores are never
-   re-oriented: a variant that ranks members low reports an AUC below 0.5.
+   re-oriented: a variant that ranks members low reports an AUC below 0.5. It also bounds epsilon from below
+   (``empirical_epsilon``: thresholds from the calibration rows, rates and Clopper-Pearson bounds on the
+   test rows); ``audit_delta`` and ``dp_audit_warnings`` compare it with a DP-trained target's accountant.
 4. ``shift_check``/``shift_distance``: is the member/non-member split itself shifted? (the blind
    baseline's AUC and an MMD test on the images).
 
@@ -78,13 +80,21 @@ def choose_variant(variants: dict[str, np.ndarray], is_member, calib) -> tuple[s
     return chosen, calib_auc
 
 
+# the thresholds of the empirical-epsilon audit, all chosen on the calibration rows
+EPSILON_RULES = {"calibrated": "best balanced accuracy on calibration",
+                 "calibrated_at_1pct_fpr": "FPR <= 1% on calibration",
+                 "max_bound_on_calibration": "largest epsilon bound on calibration"}
+
+
 def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_boot: int = 1000,
-             seed: int = 0) -> dict:
+             seed: int = 0, delta: float = metrics.DEFAULT_DELTA) -> dict:
     """The calibration/test protocol for one attack.
 
     The headline variant and the thresholds are chosen on the calibration rows only (highest
     calibration AUC; scores are never flipped); headline numbers are measured on the test rows.
     ``sweep`` lists every variant's AUC and TPR@1%FPR on all rows: selecting from it is oracle selection.
+    ``empirical_epsilon``: a 95% lower bound on the epsilon of (epsilon, ``delta``)-DP that the test rows
+    show, over three thresholds chosen on the calibration rows (EPSILON_RULES; Bonferroni over them).
     """
     is_member = np.asarray(is_member).astype(bool)
     calib = np.asarray(calib).astype(bool)
@@ -97,10 +107,43 @@ def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_bo
     out["calibrated"] = metrics.rates_at(is_member[test], s[test], thr)
     thr1 = metrics.threshold_at_fpr(is_member[calib], s[calib], 0.01)
     out["calibrated_at_1pct_fpr"] = metrics.rates_at(is_member[test], s[test], thr1)
+    thr_eps = metrics.threshold_max_epsilon(is_member[calib], s[calib], delta)
+    out["empirical_epsilon"] = metrics.empirical_epsilon(
+        is_member[test], s[test], dict(zip(EPSILON_RULES, (thr, thr1, thr_eps))), delta)
     if len(variants) > 1:
         out["sweep"] = {k: {"auc": metrics.auc(is_member, v), "tpr_at_1pct_fpr": metrics.tpr_at_fpr(is_member, v, 0.01).tpr,
                             "calibration_auc": calib_auc[k]} for k, v in variants.items()}
         out["sweep_note"] = "every variant on all samples: choosing the best here is oracle selection"
+    return out
+
+
+DP_WARNING = "DP audit:"
+
+
+def audit_delta(dp: dict | None) -> tuple[float, str]:
+    """The delta of the empirical-epsilon audit and where it comes from: the ``dp`` entry of the target's
+    training record (training.json) when the target was trained with DP, else ``metrics.DEFAULT_DELTA``."""
+    d = dp.get("delta") if isinstance(dp, dict) else None
+    if isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d < 1:
+        return float(d), "the target's DP training record (training.json dp.delta)"
+    why = "its DP record has no valid delta" if isinstance(dp, dict) else "the target has no DP training record"
+    return metrics.DEFAULT_DELTA, f"default ({why})"
+
+
+def dp_audit_warnings(report: dict) -> list[str]:
+    """A warning per attack whose empirical-epsilon lower bound exceeds the epsilon the DP accountant claims
+    (report["dp"]["epsilon"]): the audit found more leakage than the guarantee allows."""
+    claimed = (report.get("dp") or {}).get("epsilon")
+    if not isinstance(claimed, (int, float)):
+        return []
+    out = []
+    for name, r in report["attacks"].items():
+        e = r.get("empirical_epsilon") or {}
+        if e.get("lower_bound", 0) > claimed:
+            out.append(f"{DP_WARNING} {name}'s empirical epsilon lower bound {e['lower_bound']:.3f} (95%, delta "
+                       f"{e['delta']:.3g}) exceeds the accountant's epsilon {claimed:.3g}: the audit found more "
+                       "leakage than the DP guarantee allows: a bug in training or accounting"
+                       + (" (or members and non-members differ in distribution)" if name == "blind" else "") + ".")
     return out
 
 

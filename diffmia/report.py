@@ -49,6 +49,44 @@ def cost_rows(report: dict) -> list[list[str]]:
             for name, r in report["attacks"].items()]
 
 
+def epsilon_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the empirical-epsilon bounds; with the accountant's epsilon beside them for a DP target."""
+    claimed = (report.get("dp") or {}).get("epsilon")
+    head = ["attack", "epsilon lower bound (95%)", "threshold rule (chosen on calibration)", "TPR (test)",
+            "FPR (test)", "TPR low / FPR high", "delta"] + (["accountant epsilon"] if claimed is not None else [])
+    rows = []
+    for name, r in report["attacks"].items():
+        e = r.get("empirical_epsilon")
+        if e:
+            rule = (report.get("epsilon_audit") or {}).get("threshold_rules", {}).get(e["threshold_rule"],
+                                                                                      e["threshold_rule"])
+            rows.append([name, fmt(e["lower_bound"], 2) + (" (exceeds the accountant!)" if claimed is not None
+                                                             and e["lower_bound"] > claimed else ""),
+                         rule, fmt(e["tpr"]), fmt(e["fpr"]), f"{fmt(e['tpr_lower'])} / {fmt(e['fpr_upper'])}",
+                         f"{e['delta']:.3g}"] + ([f"{claimed:.3g}"] if claimed is not None else []))
+    return head, rows
+
+
+def epsilon_text(report: dict) -> str:
+    """What the empirical-epsilon bounds are and how they were made (Markdown)."""
+    a = report.get("epsilon_audit") or {}
+    text = ("A training algorithm that is (epsilon, delta)-DP keeps every membership test at TPR <= e^epsilon FPR + "
+            "delta and TNR <= e^epsilon FNR + delta. Each bound is max(0, ln((TPR_lo - delta) / FPR_hi), "
+            "ln((TNR_lo - delta) / FNR_hi)) with one-sided Clopper-Pearson bounds on the test half, at thresholds "
+            f"chosen on the calibration half by {len(a.get('threshold_rules', {})) or 'several'} rules "
+            "(Bonferroni over the distinct ones, so the largest holds at 95%). It is a lower bound, not an "
+            "estimate: with 95% confidence the training is not (epsilon, delta)-DP for any smaller epsilon, and it "
+            "may leak much more.")
+    if a.get("delta_source"):
+        text += f" delta = {a['delta']:.3g}: {a['delta_source']}."
+    dp = report.get("dp")
+    if dp and dp.get("epsilon") is not None:
+        text += (f" The target was trained with DP: the accountant claims epsilon = {dp['epsilon']:.3g} at "
+                 f"delta = {dp.get('delta')}" + (f" (noise multiplier {dp['noise_multiplier']})"
+                                                 if dp.get("noise_multiplier") is not None else "") + ".")
+    return text
+
+
 def markdown_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -197,10 +235,10 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
     samples (copied beside the report when it exists)."""
     folder = Path(folder)
     figs = plot_rocs(report, all_scores, folder)
-    md = ["# Membership-inference audit", "", intro(report), "",
-          markdown_table(HEADER, table_rows(report)), "", interpretation(report), ""]
+    md = ["# Membership-inference audit", "", intro(report), ""]
     for w in report.get("warnings", []):
         md.append(f"> **Warning:** {w}\n")
+    md += [markdown_table(HEADER, table_rows(report)), "", interpretation(report), ""]
     if "shift" in report:
         md.append(f"Shift diagnostic (member vs non-member pixel distributions): `{report['shift']}`\n")
     md += ["## ROC (test half)", "", f"![ROC]({figs[0]}) ![ROC log-log]({figs[1]})", ""]
@@ -217,6 +255,9 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
                           f"[{fmt(c['tpr_ci'][0], 2)}, {fmt(c['tpr_ci'][1], 2)}] | {fmt(c['fpr'])} "
                           f"[{fmt(c['fpr_ci'][0], 2)}, {fmt(c['fpr_ci'][1], 2)}] |")
     md.append("")
+    head, rows = epsilon_table(report)
+    if rows:
+        md += ["## Empirical epsilon (a lower bound)", "", epsilon_text(report), "", markdown_table(head, rows), ""]
     for name, r in report["attacks"].items():
         if r.get("component_weights"):
             md += [f"## What carries {name}'s weight", "",

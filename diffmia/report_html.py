@@ -1,7 +1,8 @@
 """``report.html``: a run's report as one self-contained page (figures inlined as PNG ``data:`` URIs, no script,
 no external reference), so it can be mailed or archived as a single file and opened in any browser.
 
-Sections: blind baseline and shift warnings, the attack table and its interpretation, ROC (linear and log-log),
+Sections: blind baseline, shift and DP-audit warnings, the attack table and its interpretation, the empirical-epsilon
+bounds, ROC (linear and log-log),
 score histograms (members vs non-members, test half), sweeps (per variant), cost, the target's samples.
 """
 
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import fmt
-from .report import (COST_HEADER, HEADER, chosen_variant, cost_rows, interpretation, intro, roc_figure,
-                     table_rows)
+from .report import (COST_HEADER, HEADER, chosen_variant, cost_rows, epsilon_table, epsilon_text, interpretation,
+                     intro, roc_figure, table_rows)
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1150px; margin: 1.5em auto; padding: 0 1em; color: #222; }
@@ -142,6 +143,10 @@ def write_html(folder, report: dict, all_scores: dict, samples=None) -> Path:
     text = interpretation(report)
     if text:
         body.append(f"<p>{inline(text)}</p>")
+    head, rows = epsilon_table(report)
+    if rows:
+        body += ["<h2>Empirical epsilon (a lower bound)</h2>", f"<p>{inline(epsilon_text(report))}</p>",
+                 table(head, rows)]
     scored = {n: sc for n, sc in all_scores.items() if n in report["attacks"]}
     if scored:
         body += ["<h2>ROC (test half)</h2>", '<div class="figs">']

@@ -5,7 +5,8 @@ orchestrates.
 ``run_attacks(RunConfig(...))`` writes a run folder:
   features/<attack>-<key>/chunk_*.npz   query results; a rerun skips finished chunks (features.py)
   scores/<attack>.npz|.csv              every score variant per sample id (scores.py)
-  metrics.json                          per attack: headline (test half), calibrated rates, sweep, cost
+  metrics.json                          per attack: headline (test half), calibrated rates, empirical
+                                        epsilon lower bound, sweep, cost; the target's DP record if any
   report.md, roc.png, roc_loglog.png    (report.py)
   report.html                           the same as one self-contained page (report_html.py)
   run.json                              the resolved configuration (and its --config file), command,
@@ -28,6 +29,7 @@ from .attacks import ATTACKS
 from .config import RunConfig, check_config  # noqa: F401  (RunConfig: the run's public entry)
 from .errors import DiffmiaError
 from .inputs import model_input, prepare_data, prompts_for
+from .metrics import DEFAULT_DELTA
 from .distributed import run_workers
 from .features import Chunks, Engine, Stage, cache_key, check_chunks, fingerprint, merge, plan, warn
 from .provenance import git_commit, library_versions
@@ -78,6 +80,8 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict | None:
     out = Path(cfg.out)
     _make_run_folder(out)
     folder = TargetFolder.open(cfg.target)
+    dp = dp_of(folder)                    # a DP-trained target's accountant: its delta is the audit's
+    audit = epsilon_audit(dp)
     names = list(dict.fromkeys(cfg.attacks))
     if cfg.blind and "blind" in ATTACKS and "blind" not in names:
         names.append("blind")
@@ -150,7 +154,7 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict | None:
         sc = Scores(name, ids, is_member, calib, variants, attack.get_params())
         sc.save(out / "scores")
         all_scores[name] = sc
-        results[name] = describe(attack, sc, cost, cfg, folder.num_train_timesteps())
+        results[name] = describe(attack, sc, cost, cfg, folder.num_train_timesteps(), audit["delta"])
     model_stages = [m for name, m in merged.items() if stages[name].attack.access == "model"]
     report = {"target": cfg.target, "weights": cfg.weights, "data": cfg.data, "split": split_path,
               "space": "latent" if folder.is_latent else "pixel", "condition": condition,
@@ -160,8 +164,9 @@ def run_attacks(cfg: RunConfig, command: str | None = None) -> dict | None:
               # the run's model queries: what its distinct feature stages asked for, and what reached the model
               "queries": {"requested": int(sum(c["queries"] for _, c, _ in model_stages)),
                           "model_calls": int(sum(c["model_calls"] for _, c, _ in model_stages))},
-              "attacks": results}
+              "epsilon_audit": audit, **({"dp": dp} if dp else {}), "attacks": results}
     report.update(protocol.shift_check(images, is_member, results))
+    report["warnings"] = protocol.dp_audit_warnings(report) + report["warnings"]
     (out / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     from .report import write_report
 
@@ -202,8 +207,23 @@ def compute_all(stages: list[Stage], chunks: Chunks, todo, cfg: RunConfig, rank:
     bar.close()
 
 
-def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps: int | None = None) -> dict:
-    ev = protocol.evaluate(sc.variants, sc.is_member, sc.calibration, cfg.n_boot, cfg.seed)
+def dp_of(folder: TargetFolder) -> dict | None:
+    """The ``dp`` entry of the target's training.json (written by DP training), or None."""
+    if not folder.training_json.exists():
+        return None
+    dp = folder.training_record().get("dp")
+    return dp if isinstance(dp, dict) else None
+
+
+def epsilon_audit(dp: dict | None) -> dict:
+    """How the runs' empirical-epsilon bounds are made: delta (and where it comes from), level, threshold rules."""
+    delta, source = protocol.audit_delta(dp)
+    return {"delta": delta, "delta_source": source, "confidence": 0.95, "threshold_rules": protocol.EPSILON_RULES}
+
+
+def describe(attack, sc: Scores, cost: dict, cfg: RunConfig, num_train_timesteps: int | None = None,
+             delta: float = DEFAULT_DELTA) -> dict:
+    ev = protocol.evaluate(sc.variants, sc.is_member, sc.calibration, cfg.n_boot, cfg.seed, delta)
     n = len(sc.ids)
     total = cost["seconds"] + cost.get("fit_seconds", 0.0)
     if hasattr(attack, "component_weights") and getattr(attack, "weights_", None):
@@ -258,13 +278,19 @@ def rerun_report(run_dir, n_boot: int = 1000, seed: int | None = None) -> dict:
     cfg = RunConfig(**info["config"])
     cfg.n_boot = n_boot
     old = json.loads((run_dir / "metrics.json").read_text())
+    # the DP record the run saw (a run from before the audit: the target's, if it is still there)
+    dp = old.get("dp") if "epsilon_audit" in old else dp_of(TargetFolder(cfg.target))
+    old.update({"epsilon_audit": epsilon_audit(dp), **({"dp": dp} if dp else {})})
     results, all_scores = {}, {}
     for name, r in old["attacks"].items():
         sc = Scores.load(run_dir / "scores" / f"{name}.npz")
         all_scores[name] = sc
-        ev = protocol.evaluate(sc.variants, sc.is_member, sc.calibration, n_boot, cfg.seed if seed is None else seed)
+        ev = protocol.evaluate(sc.variants, sc.is_member, sc.calibration, n_boot, cfg.seed if seed is None else seed,
+                               old["epsilon_audit"]["delta"])
         results[name] = {**r, **ev}
     old["attacks"] = results
+    old["warnings"] = protocol.dp_audit_warnings(old) + [w for w in old.get("warnings", [])
+                                                         if not w.startswith(protocol.DP_WARNING)]
     (run_dir / "metrics.json").write_text(json.dumps(old, indent=1, default=float))
     from .report import write_report
 
