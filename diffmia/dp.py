@@ -127,9 +127,11 @@ class DPSGD:
         self.delta = cfg.dp_delta if cfg.dp_delta is not None else default_delta(n_members)
         self.sample_rate = cfg.batch_size / n_members
         try:
-            self.noise_multiplier = get_noise_multiplier(
-                target_epsilon=cfg.dp_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
-                steps=cfg.steps, accountant=cfg.dp_accountant)
+            with warnings.catch_warnings():         # Opacus' RDP notes on the search's trial noise levels
+                warnings.simplefilter("ignore")
+                self.noise_multiplier = get_noise_multiplier(
+                    target_epsilon=cfg.dp_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
+                    steps=cfg.steps, accountant=cfg.dp_accountant)
         except ValueError as e:
             raise DiffmiaError(f"no noise multiplier reaches epsilon {cfg.dp_epsilon} at delta {self.delta:g} in "
                                f"{cfg.steps} steps ({e}); raise --dp-epsilon or lower --steps") from None
@@ -149,8 +151,15 @@ class DPSGD:
     def before_step(self, step: int) -> None:
         self.optimizer.generator = ops.generator("dp_noise", device=self.device, seed=self.cfg.seed, step=step)
 
-    def epsilon(self) -> float:
-        return float(self.accountant.get_epsilon(delta=self.delta))
+    def epsilon(self) -> tuple[float, str | None]:
+        """The epsilon spent so far, and a note when RDP's best order is the largest Opacus tries (then epsilon
+        is a valid but loose bound)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            eps = float(self.accountant.get_epsilon(delta=self.delta))
+        loose = any("largest alpha" in str(w.message) for w in caught)
+        return eps, ("the RDP bound's best order is the largest tried: epsilon is an upper bound that "
+                     "--dp-accountant prv may tighten") if loose else None
 
     def state_dict(self) -> dict:
         return {"mechanism": self.accountant.mechanism(), "history": [list(h) for h in self.accountant.history]}
@@ -166,8 +175,9 @@ class DPSGD:
         import opacus
 
         cfg = self.cfg
-        return {"epsilon": self.epsilon(), "target_epsilon": cfg.dp_epsilon, "delta": self.delta,
-                "delta_given": cfg.dp_delta is not None, "noise_multiplier": self.noise_multiplier,
+        eps, note = self.epsilon()
+        return {"epsilon": eps, **({"note": note} if note else {}), "target_epsilon": cfg.dp_epsilon,
+                "delta": self.delta, "delta_given": cfg.dp_delta is not None, "noise_multiplier": self.noise_multiplier,
                 "sample_rate": self.sample_rate, "expected_batch_size": cfg.batch_size,
                 "steps": sum(k for _, _, k in self.accountant.history), "max_grad_norm": cfg.max_grad_norm,
                 "accountant": cfg.dp_accountant, "opacus": opacus.__version__,
