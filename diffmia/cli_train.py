@@ -23,8 +23,14 @@ def add_config_args(p: argparse.ArgumentParser, config_class) -> None:
             p.add_argument(flag, default=",".join(map(str, default)), metavar="A,B,..",
                            help=f"default {','.join(map(str, default))}")
         else:
-            typ = type(default) if default is not None else (int if f.name in ("n_nonmembers", "threads") else str)
+            typ = type(default) if default is not None else _optional_type(f)
             p.add_argument(flag, type=typ, default=default, help=f"default {default}")
+
+
+def _optional_type(f) -> type:
+    """int for ``int | None``, float for ``float | None``, else str (annotations are strings here)."""
+    kinds = {k.strip() for k in str(f.type).split("|")} - {"None"}
+    return {"int": int, "float": float}.get(kinds.pop() if len(kinds) == 1 else "", str)
 
 
 def cmd_train(a) -> int:
@@ -41,7 +47,15 @@ def cmd_train(a) -> int:
                 max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
                                    f"{r['seconds_per_step']} s/step, final loss "
-                                   + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}"))
+                                   + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}")
+                                   + _privacy(r.get("dp")))
+
+
+def _privacy(dp: dict | None) -> str:
+    if not dp:
+        return ""
+    return (f"; DP-SGD: epsilon {dp['epsilon']:.3f} spent (target {dp['target_epsilon']:g}), delta {dp['delta']:.2g}, "
+            f"noise multiplier {dp['noise_multiplier']:.3f}")
 
 
 def _check_positive(a, *names) -> None:

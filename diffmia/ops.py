@@ -106,6 +106,9 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 #   train           -     seed, step                   1000003 seed + step (one generator    diffmia train
 #                                                      per step: batch, t, noise, augment)
 #   train_vae       -     seed, step                   1000003 seed + step + 500000000       diffmia train-sd (VAE)
+#   dp_batch        -     seed, step                   1000003 seed + step + 600000000       diffmia train with DP:
+#                                                                                            Poisson batch membership
+#   dp_noise        -     seed, step                   1000003 seed + step + 700000000       its gradient noise
 #   vae_posterior   s     -                            mix(s, 70000000)                      latent targets that
 #                                                                                            sample the VAE posterior
 #   noise_aggregation s   seed, t, injection k         mix(s, 90000000 + 10007 seed         noise_aggregation
@@ -116,8 +119,8 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 # every seed; with seed 0, ``DiffusersAPI.transform`` from t_start for request seed s starts from the loss
 # attack's noise of sample s at t = t_start (so does forensics_graybox, whose request seed at seed 0 is
 # the sample id). With another attack seed, gray-box/observer noise is a different, independent draw.
-STREAMS = ("loss", "forensics", "clid", "api_request", "transform", "transform_step", "generate", "train", "train_vae", "vae_posterior",
-           "noise_aggregation")
+STREAMS = ("loss", "forensics", "clid", "api_request", "transform", "transform_step", "generate", "train", "train_vae",
+           "dp_batch", "dp_noise", "vae_posterior", "noise_aggregation")
 
 
 def _mix(s: int, salt: int) -> int:
@@ -140,6 +143,8 @@ def stream_seed(stream: str, sample: int = 0, *, seed: int = 0, t: int = 0, step
         return int(seed) * 1_000_003 + int(step)
     if stream == "train_vae":
         return int(seed) * 1_000_003 + int(step) + 500_000_000
+    if stream in ("dp_batch", "dp_noise"):
+        return int(seed) * 1_000_003 + int(step) + (600_000_000 if stream == "dp_batch" else 700_000_000)
     if stream == "vae_posterior":
         return _mix(sample, 70_000_000)
     if stream == "noise_aggregation":
@@ -157,6 +162,7 @@ def noise(stream: str, shape, samples, device="cpu", **key) -> torch.Tensor:
     return out.to(device)
 
 
-def generator(stream: str, **key) -> torch.Generator:
-    """A torch.Generator for a stream drawn once per step (``train``), seeded by :func:`stream_seed`."""
-    return torch.Generator().manual_seed(stream_seed(stream, **key))
+def generator(stream: str, device="cpu", **key) -> torch.Generator:
+    """A torch.Generator (on ``device``) for a stream drawn once per step (``train``, ``dp_batch``, ``dp_noise``),
+    seeded by :func:`stream_seed`."""
+    return torch.Generator(device=device).manual_seed(stream_seed(stream, **key))

@@ -2,10 +2,11 @@
 
 A ``diffusers`` ``UNet2DModel`` with epsilon prediction and a linear-beta ``DDPMScheduler``; AdamW with
 linear warm-up, gradient clipping, EMA weights beside the raw ones, optional augmentation (horizontal
-flip, Cutout, RandAugment) and weight decay. Checkpoints are written atomically every
-``checkpoint_every`` steps, the one before kept as ``checkpoint.prev``; re-running the same command continues
-from the newest one that loads (also after ``kill -9``; an unreadable one is set aside with a warning). Batches
-and noise depend only on (seed, step), so a resumed run equals an uninterrupted one.
+flip, Cutout, RandAugment) and weight decay; with ``dp_epsilon``, DP-SGD (:mod:`diffmia.dp`). Checkpoints are
+written atomically every ``checkpoint_every`` steps, the one before kept as ``checkpoint.prev``; re-running the
+same command continues from the newest one that loads (also after ``kill -9``; an unreadable one is set aside
+with a warning). Batches and noise (DP-SGD's too) depend only on (seed, step), so a resumed run equals an
+uninterrupted one.
 
 Output folder = a target (layout: :class:`~diffmia.targets.folder.TargetFolder`): ``unet/`` (EMA),
 ``unet_raw/``, ``scheduler/``, ``model_index.json`` (so ``diffusers.DDPMPipeline.from_pretrained`` opens
@@ -50,7 +51,11 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0         # AdamW decoupled weight decay (an l2-style defence)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0            # global gradient-norm clipping (not with DP: per-sample clipping replaces it)
+    dp_epsilon: float | None = None   # DP-SGD to (epsilon, delta) over `steps` steps (None: no DP); diffmia/dp.py
+    dp_delta: float | None = None     # default min(1e-5, n_members^-1.1), always below 1/n (dp.default_delta)
+    max_grad_norm: float = 1.0        # DP-SGD per-sample clipping norm C (used only with dp_epsilon)
+    dp_accountant: str = "rdp"        # rdp | prv (Opacus accountants; prv is tighter)
     ema_decay: float = 0.999
     hflip: bool = False
     cutout: int = 0                   # side of the Cutout square in pixels (0 = off)
@@ -124,10 +129,14 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
           max_steps_this_run: int | None = None) -> Path:
     """Train (or resume) a target into ``out_dir``. ``max_steps_this_run`` stops early (for tests of
     resume); the folder is a loadable target only once all ``cfg.steps`` are done."""
+    from .dp import check_options
+
+    check_options(cfg)
     folder = TargetFolder(out_dir)
     out = folder.path
-    device = start_run(folder, cfg, free=("steps", "device", "threads", "checkpoint_every", "sample_grid",
-                                          "sample_steps"))
+    free = ("device", "threads", "checkpoint_every", "sample_grid", "sample_steps")
+    # with DP the number of steps sets the noise, so a resume must keep it
+    device = start_run(folder, cfg, free=free if cfg.dp_epsilon is not None else ("steps", *free))
     cfg_dict = asdict(cfg)
 
     data = load_dataset(cfg.data, cfg.data_root)
@@ -154,21 +163,33 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
 
     n_params = sum(p.numel() for p in unet.parameters())
     unet.train()
+    dp, net = None, unet
+    if cfg.dp_epsilon is not None:
+        from .dp import DPSGD
+
+        dp = DPSGD(cfg, unet, opt, len(x_all))     # per-sample gradients, clipping, noise, accountant
+        net, opt = dp.model, dp.optimizer
 
     def step_loss(step):
         g = ops.generator("train", seed=cfg.seed, step=step)    # stream 'train': augmentation, t and noise
-        x0 = x_all[batch_positions(step, cfg.batch_size, len(x_all), cfg.seed)]
-        x0 = augment(x0, cfg, g).to(device)
+        if dp is not None:
+            dp.before_step(step)                                # streams 'dp_batch' and 'dp_noise'
+        pos = dp.batch(step) if dp is not None else batch_positions(step, cfg.batch_size, len(x_all), cfg.seed)
+        if len(pos) == 0:
+            return None                                         # an empty Poisson batch: a noise-only step
+        x0 = augment(x_all[pos], cfg, g).to(device)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = abar[t].float().view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise           # q(x_t | x_0)
-        return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)  # DDPM L_simple
+        return torch.nn.functional.mse_loss(net(x_t, t).sample, noise)  # DDPM L_simple
 
+    # With DP the EMA copy is post-processing of the private weights: the guarantee covers it too.
     state = training_loop("train", unet, opt, step_loss, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup_steps,
                           checkpoint=folder.checkpoint_dir, modules={"unet_raw": unet, "unet_ema": ema}, ema=ema,
-                          ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, every=cfg.checkpoint_every,
-                          max_steps=max_steps_this_run, progress=progress)
+                          ema_decay=cfg.ema_decay, grad_clip=0.0 if dp is not None else cfg.grad_clip,
+                          every=cfg.checkpoint_every, max_steps=max_steps_this_run, progress=progress,
+                          stateful=None if dp is None else {"dp": dp})
     if state["step"] < cfg.steps:
         return out
 
@@ -190,6 +211,8 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
         "versions": library_versions(), "git_commit": git_commit(),
         "weights": {"unet": "EMA (decay %g)" % cfg.ema_decay, "unet_raw": "raw"},
     }
+    if dp is not None:
+        record["dp"] = dp.record()
     folder.training_json.write_text(json.dumps(record, indent=1))
     if cfg.sample_grid:
         save_sample_grid(ema, sched, folder.samples_png, cfg.sample_grid, cfg.sample_steps,

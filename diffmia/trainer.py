@@ -29,8 +29,9 @@ def batch_positions(step: int, batch: int, n: int, seed: int) -> np.ndarray:
 def start_run(folder, cfg, free: tuple[str, ...] = ("steps", "device", "threads", "checkpoint_every")):
     """Prepare ``folder`` (a TargetFolder) for training with configuration ``cfg`` (a dataclass): a folder that
     holds a run with other settings (except the ``free`` ones, which a rerun may change) is refused; the
-    configuration is recorded. Sets the torch threads and returns the device."""
-    from dataclasses import asdict
+    configuration is recorded. An option the folder's record lacks (written before the option existed) counts
+    as its default. Sets the torch threads and returns the device."""
+    from dataclasses import MISSING, asdict, fields
 
     from .errors import DiffmiaError
     from .targets.base import resolve_device
@@ -41,7 +42,9 @@ def start_run(folder, cfg, free: tuple[str, ...] = ("steps", "device", "threads"
     now = asdict(cfg)
     if folder.train_config_json.exists():
         before = json.loads(folder.train_config_json.read_text())
-        differ = {k for k in now if k not in free and json.dumps(before.get(k)) != json.dumps(now[k])}
+        default = {f.name: None if f.default is MISSING else f.default for f in fields(cfg)}
+        differ = {k for k in now
+                  if k not in free and json.dumps(before.get(k, default[k])) != json.dumps(now[k])}
         if differ:
             raise DiffmiaError(f"{folder.path} holds a run with other settings ({sorted(differ)}); "
                                "use another output folder or the same options")
@@ -99,11 +102,15 @@ def _read_state(path: Path) -> dict:
     return state
 
 
-def _load_one(ck: Path, modules: dict, opt) -> dict:
-    """Restore ``modules`` and ``opt`` from one checkpoint folder (every file is read before any is applied)."""
+def _load_one(ck: Path, modules: dict, opt, stateful: dict) -> dict:
+    """Restore ``modules``, ``opt`` and ``stateful`` from one checkpoint folder (every file is read before any is
+    applied)."""
     from safetensors.torch import load_file
 
     state = _read_state(ck / "state.json")
+    for name in stateful:
+        if not isinstance(state.get(name), dict):
+            raise _Broken(f"{ck / 'state.json'} lacks the {name} state")
     weights = {}
     for name in modules:
         try:
@@ -123,6 +130,11 @@ def _load_one(ck: Path, modules: dict, opt) -> dict:
         opt.load_state_dict(opt_state)
     except (ValueError, KeyError, TypeError) as e:
         raise _Broken(f"{ck / 'optimizer.pt'} does not fit the optimiser ({_why(e)})") from None
+    for name, obj in stateful.items():
+        try:
+            obj.load_state_dict(state.pop(name))
+        except (ValueError, KeyError, TypeError) as e:
+            raise _Broken(f"{ck / 'state.json'}: its {name} state cannot be used ({_why(e)})") from None
     return state
 
 
@@ -136,8 +148,10 @@ def checkpoint_step(checkpoint: Path) -> int:
     return 0
 
 
-def load_checkpoint(checkpoint: Path, modules: dict, opt) -> dict | None:
-    """The state of the newest loadable checkpoint (modules and optimiser restored), or None when there is none.
+def load_checkpoint(checkpoint: Path, modules: dict, opt, stateful: dict | None = None) -> dict | None:
+    """The state of the newest loadable checkpoint (modules, optimiser and ``stateful`` objects restored), or None
+    when there is none. ``stateful``: name -> an object with ``state_dict()`` / ``load_state_dict()`` whose state
+    is JSON (DP-SGD's privacy accountant), kept in state.json under that name.
 
     A checkpoint that cannot be loaded (truncated weights, unreadable optimiser state, bad state.json) is
     renamed ``<folder>.corrupt`` and the previous one is used, with a one-line warning on stderr that names
@@ -150,7 +164,7 @@ def load_checkpoint(checkpoint: Path, modules: dict, opt) -> dict | None:
     broken = []
     for ck in _candidates(checkpoint):
         try:
-            state = _load_one(ck, modules, opt)
+            state = _load_one(ck, modules, opt, stateful or {})
         except _Broken as e:
             broken.append((ck, str(e)))
             continue
@@ -170,13 +184,16 @@ def load_checkpoint(checkpoint: Path, modules: dict, opt) -> dict | None:
 
 def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, warmup: int, checkpoint: Path,
                   modules: dict, ema=None, ema_decay: float = 0.0, grad_clip: float = 0.0, every: int = 500,
-                  max_steps: int | None = None, progress: bool = True) -> dict:
+                  max_steps: int | None = None, progress: bool = True, stateful: dict | None = None) -> dict:
     """Steps ``state['step']`` .. ``steps`` of one model, resumed from ``checkpoint``: linear warm-up of the
     learning rate, ``step_loss(step)`` (everything random in it comes from (seed, step)), gradient clipping,
     an EMA copy, a loss curve of the mean loss over every LOG_EVERY steps (and over the last, shorter stretch
     when ``steps`` is not a multiple of it) and checkpoints of ``modules`` every ``every`` steps. The losses
     since the last curve point are part of the checkpoint, so a resumed run has the uninterrupted run's curve.
-    ``max_steps`` stops early (a later call resumes). Returns the state (step, loss_curve, seconds)."""
+    ``max_steps`` stops early (a later call resumes). ``step_loss`` may return None (DP-SGD's empty Poisson batch):
+    no backward pass and no loss for the curve, but ``opt.step()`` still runs (it adds the noise); a curve point
+    whose steps were all empty is left out. ``stateful``: see :func:`load_checkpoint`, saved with every
+    checkpoint. Returns the state (step, loss_curve, seconds)."""
     from tqdm.auto import tqdm
 
     from .errors import DiffmiaError
@@ -185,7 +202,8 @@ def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, wa
         raise DiffmiaError(f"the checkpoint interval must be at least 1 step, got {every}")
     if max_steps is not None and max_steps < 1:
         raise DiffmiaError(f"max_steps_this_run must be at least 1, got {max_steps}")
-    state = load_checkpoint(checkpoint, modules, opt) or {"step": 0, "loss_curve": [], "seconds": 0.0}
+    stateful = stateful or {}
+    state = load_checkpoint(checkpoint, modules, opt, stateful) or {"step": 0, "loss_curve": [], "seconds": 0.0}
     window = state.pop("loss_window", [])
     end = steps if max_steps is None else min(steps, state["step"] + max_steps)
     t0 = time.perf_counter()
@@ -196,15 +214,16 @@ def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, wa
             group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
         loss = step_loss(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss is not None:
+            loss.backward()
+            window.append(loss.item())
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - ema_decay)
-        window.append(loss.item())
-        if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+        if ((step + 1) % LOG_EVERY == 0 or step + 1 == steps) and window:
             state["loss_curve"].append([step + 1, float(np.mean(window))])
             bar.set_postfix(loss=f"{np.mean(window):.4f}")
             window = []
@@ -212,6 +231,7 @@ def training_loop(name: str, model, opt, step_loss, *, steps: int, lr: float, wa
             state["step"] = step + 1
             state["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            save_checkpoint(checkpoint, modules, opt, {**state, "loss_window": window})
+            save_checkpoint(checkpoint, modules, opt, {**state, "loss_window": window,
+                                                       **{n: obj.state_dict() for n, obj in stateful.items()}})
     bar.close()
     return state

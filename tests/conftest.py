@@ -2,6 +2,8 @@
 
 * ``memorised_target``: a 164k-parameter UNet2DModel that memorised 32 Fashion-MNIST members; committed
   under tests/fixtures/memorised, made by the command in its training.json (see tests/fixtures/README.md).
+* ``dp_dir``: the same architecture and the same 32 members trained with DP-SGD (epsilon 1, delta 1e-5); committed
+  under tests/fixtures/dp, made by the command in its training.json (see tests/fixtures/README.md).
 * ``untrained_target``: the same architecture, randomly initialised (seeded): attacks must stay at chance.
 * ``eval_set``: the fixture split's 32 members and the first 32 of its non-members, real Fashion-MNIST.
 * ``sd_dir``: a tiny random Stable Diffusion folder (built from configs in seconds) with a split of 12 + 12
@@ -19,11 +21,17 @@ torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MEMORISED = FIXTURES / "memorised"
+DP = FIXTURES / "dp"
 
 
 @pytest.fixture(scope="session")
 def memorised_dir() -> Path:
     return MEMORISED
+
+
+@pytest.fixture(scope="session")
+def dp_dir() -> Path:
+    return DP
 
 
 @pytest.fixture(scope="session")
