@@ -195,3 +195,18 @@ def test_dp_target_whose_bound_beats_its_accountant_is_flagged_at_the_top(memori
     # recomputing the report from the scores keeps one warning, with the run's delta
     again = rerun_report(out, n_boot=1)
     assert again["warnings"] == [w] and again["attacks"]["sima"]["empirical_epsilon"] == e
+
+
+def test_every_attack_on_the_dp_fixture_stays_below_its_recorded_epsilon(tmp_path, dp_dir, memorised_run):
+    """The acceptance check of DP training and the audit together: the committed DP-SGD fixture (epsilon ~1, same
+    members and recipe as the memorised one) gives every attack a bound below its accountant's epsilon, where
+    the same attack on the memorised fixture shows more than 2 (memorised_run)."""
+    record = json.loads((dp_dir / "training.json").read_text())["dp"]
+    attacks = ["sima", "pia", "loss", "secmi"]
+    report = run_attacks(RunConfig(target=str(dp_dir), out=str(tmp_path / "run"), **{**KW, "attacks": attacks}))
+    assert report["dp"]["epsilon"] == record["epsilon"] < 1.0 and report["warnings"] == []
+    for a in attacks:
+        e = report["attacks"][a]["empirical_epsilon"]
+        assert e["delta"] == record["delta"] and e["n_nonmembers"] == 48
+        assert e["lower_bound"] < record["epsilon"], a
+    assert memorised_run[1]["attacks"]["sima"]["empirical_epsilon"]["lower_bound"] > 2
