@@ -140,12 +140,32 @@ def run_study(path, out: str | None = None, only: list[str] | None = None, progr
         if not same:                                              # finished attack runs are never redone
             print(f"[study] attacking {name}")
             run_attacks(rc, command=f"diffmia study {path} (defence {name})")
-        rows[name] = summarise(name, cfg.defences[name], TargetFolder(tdir).training_record(),
-                               json.loads(done.read_text()))
+        elif "epsilon_audit" not in json.loads(done.read_text()):   # a run made before the audit existed
+            from .run import rerun_report
+
+            rerun_report(rdir, n_boot=cfg.n_boot)
+        record = TargetFolder(tdir).training_record()
+        record["quality"] = target_quality(tdir, record, cfg.device)
+        rows[name] = summarise(name, cfg.defences[name], record, json.loads(done.read_text()))
     result = {"study": str(path), "out": str(out_dir), "attacks": cfg.attacks, "base": cfg.base, "rows": rows}
     (out_dir / "study.json").write_text(json.dumps(result, indent=1, default=float))
     write_study_report(out_dir, result)
     return result
+
+
+def target_quality(tdir: Path, record: dict, device: str) -> dict | None:
+    """The sample quality of the training record, or, for a target trained without one, the same measure
+    (256 samples, 50 DDIM steps, the training seed) computed once and kept in ``quality.json``."""
+    q = record.get("quality")
+    if q and "kid_mean" in q:
+        return q
+    path = tdir / "quality.json"
+    if not path.exists():
+        from .quality import sample_quality
+
+        seed = int((record.get("config") or {}).get("seed", 0))
+        path.write_text(json.dumps(sample_quality(tdir, n=256, steps=50, seed=seed, device=device), default=float))
+    return json.loads(path.read_text())
 
 
 def summarise(name: str, overrides: dict, record: dict, metrics: dict) -> dict:
