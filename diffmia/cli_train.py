@@ -1,4 +1,4 @@
-"""The training commands of the ``diffmia`` command line: train | train-sd | train-references."""
+"""The training commands of the ``diffmia`` command line: train | train-sd | train-references | train-features."""
 
 from __future__ import annotations
 
@@ -81,4 +81,29 @@ def cmd_train_references(a) -> int:
     done = [p.name for p in finished_references(out)] if any(out.glob("ref-*/training.json")) else []
     print(f"{len(done)} of {a.k} reference models finished in {out}"
           + ("" if len(done) == a.k else "; run the same command again to continue"))
+    return 0
+
+
+def add_train_features(sub) -> None:
+    """``diffmia train-features``: the feature network of the sample-quality measure (diffmia/quality.py)."""
+    from .quality import FEATURES_FILE
+
+    p = sub.add_parser("train-features", help="train the Fashion-MNIST feature network of the sample-quality KID")
+    p.add_argument("--out", default=str(FEATURES_FILE), help="weights file (.safetensors; its record beside it)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_train_features)
+
+
+def cmd_train_features(a) -> int:
+    from .quality import train_feature_net
+
+    _check_positive(a, "epochs")
+    r = train_feature_net(a.out, epochs=a.epochs, seed=a.seed, data_root=a.data_root, threads=a.threads,
+                          command="diffmia " + shlex.join(a.argv), progress=not a.quiet)
+    print(f"feature network written to {a.out}: test accuracy {r['test_accuracy']:.4f}, {r['parameters']} "
+          f"parameters, {r['bytes']} bytes, {r['seconds']} s, sha256 {r['sha256'][:12]}...")
     return 0
