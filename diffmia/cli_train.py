@@ -35,12 +35,21 @@ def cmd_train(a) -> int:
     except ValueError:
         raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
     _check_positive(a, "steps", "batch_size", "n_members", "checkpoint_every")
+    if a.quality_samples < 0 or a.quality_samples == 1:
+        raise DiffmiaError(f"--quality-samples must be 0 (off) or at least 2, got {a.quality_samples}")
     cfg = TrainConfig.from_dict(d)
     out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(a.argv),
                 max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
                                    f"{r['seconds_per_step']} s/step, final loss "
-                                   + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}"))
+                                   + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}")
+                                   + _quality_summary(r.get("quality")))
+
+
+def _quality_summary(q: dict | None) -> str:
+    if not q or "kid_mean" not in q:
+        return "" if not q else f", no sample quality ({q.get('error')})"
+    return f", KID {q['kid_mean']:.4f} +- {q['kid_std']:.4f} ({q['n']} samples, {q['steps']} DDIM steps)"
 
 
 def _check_positive(a, *names) -> None:
