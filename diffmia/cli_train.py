@@ -1,4 +1,5 @@
-"""The training commands of the ``diffmia`` command line: train | train-sd | train-references | study."""
+"""The training commands of the ``diffmia`` command line: train | train-sd | train-references | train-features |
+study."""
 
 from __future__ import annotations
 
@@ -42,13 +43,15 @@ def cmd_train(a) -> int:
     except ValueError:
         raise DiffmiaError(f"--channels must be integers separated by commas, got {d['channels']!r}") from None
     _check_positive(a, "steps", "batch_size", "n_members", "checkpoint_every")
+    if a.quality_samples < 0 or a.quality_samples == 1:
+        raise DiffmiaError(f"--quality-samples must be 0 (off) or at least 2, got {a.quality_samples}")
     cfg = TrainConfig.from_dict(d)
     out = train(cfg, a.out, progress=not a.quiet, command="diffmia " + shlex.join(a.argv),
                 max_steps_this_run=a.max_steps_this_run)
     return _trained(out, lambda r: f"target written to {out}: {r['steps']} steps, {r['parameters']} parameters, "
                                    f"{r['seconds_per_step']} s/step, final loss "
                                    + ("n/a" if r.get("final_loss") is None else f"{r['final_loss']:.4f}")
-                                   + _privacy(r.get("dp")))
+                                   + _quality_summary(r.get("quality")) + _privacy(r.get("dp")))
 
 
 def _privacy(dp: dict | None) -> str:
@@ -56,6 +59,12 @@ def _privacy(dp: dict | None) -> str:
         return ""
     return (f"; DP-SGD: epsilon {dp['epsilon']:.3f} spent (target {dp['target_epsilon']:g}), delta {dp['delta']:.2g}, "
             f"noise multiplier {dp['noise_multiplier']:.3f}")
+
+
+def _quality_summary(q: dict | None) -> str:
+    if not q or "kid_mean" not in q:
+        return "" if not q else f", no sample quality ({q.get('error')})"
+    return f", KID {q['kid_mean']:.4f} +- {q['kid_std']:.4f} ({q['n']} samples, {q['steps']} DDIM steps)"
 
 
 def _check_positive(a, *names) -> None:
@@ -105,4 +114,29 @@ def cmd_study(a) -> int:
     result = run_study(a.file, out=a.out, only=[s for s in (a.only or "").split(",") if s] or None,
                        progress=not a.quiet)
     print(f"{len(result['rows'])} defences: {Path(result['out']) / 'STUDY.md'}, study.png, study.json")
+    return 0
+
+
+def add_train_features(sub) -> None:
+    """``diffmia train-features``: the feature network of the sample-quality measure (diffmia/quality.py)."""
+    from .quality import FEATURES_FILE
+
+    p = sub.add_parser("train-features", help="train the Fashion-MNIST feature network of the sample-quality KID")
+    p.add_argument("--out", default=str(FEATURES_FILE), help="weights file (.safetensors; its record beside it)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_train_features)
+
+
+def cmd_train_features(a) -> int:
+    from .quality import train_feature_net
+
+    _check_positive(a, "epochs")
+    r = train_feature_net(a.out, epochs=a.epochs, seed=a.seed, data_root=a.data_root, threads=a.threads,
+                          command="diffmia " + shlex.join(a.argv), progress=not a.quiet)
+    print(f"feature network written to {a.out}: test accuracy {r['test_accuracy']:.4f}, {r['parameters']} "
+          f"parameters, {r['bytes']} bytes, {r['seconds']} s, sha256 {r['sha256'][:12]}...")
     return 0

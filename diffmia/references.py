@@ -113,7 +113,8 @@ def train_references(target, k: int, out, device: str = "auto", threads: int | N
         if budget is not None and budget <= 0:
             break
         cfg = TrainConfig.from_dict({**recipe, "split": str(split_file), "seed": seed, "split_seed": seed,
-                                     "sample_grid": 0, "device": device, "threads": threads})
+                                     "sample_grid": 0, "quality_samples": 0, "device": device,
+                                     "threads": threads})
         before = _step_of(ref)
         train(cfg, ref, progress=progress, command=f"diffmia train-references --target {target.path} --k {k}",
               max_steps_this_run=budget)

@@ -10,7 +10,8 @@ uninterrupted one.
 
 Output folder = a target (layout: :class:`~diffmia.targets.folder.TargetFolder`): ``unet/`` (EMA),
 ``unet_raw/``, ``scheduler/``, ``model_index.json`` (so ``diffusers.DDPMPipeline.from_pretrained`` opens
-it), ``split.json``, ``training.json``, ``samples.png``.
+it), ``split.json``, ``training.json`` (with the samples' KID, ``quality_samples`` images: ``quality.py``),
+``samples.png``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import ops
 from .data import MembershipSplit, load_dataset, to_model_input
 from .errors import DiffmiaError
 from .provenance import git_commit, hardware, library_versions
+from .quality import training_quality
 from .targets.folder import TargetFolder, sample_size
 from .trainer import batch_positions, start_run, training_loop
 
@@ -64,6 +66,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     sample_grid: int = 64             # images in samples.png (0 = none)
     sample_steps: int = 1000
+    quality_samples: int = 256        # generated images for the KID in training.json (0 = none; diffmia/quality.py)
     device: str = "auto"
     threads: int | None = None
 
@@ -134,7 +137,7 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
     check_options(cfg)
     folder = TargetFolder(out_dir)
     out = folder.path
-    free = ("device", "threads", "checkpoint_every", "sample_grid", "sample_steps")
+    free = ("device", "threads", "checkpoint_every", "sample_grid", "sample_steps", "quality_samples")
     # with DP the number of steps sets the noise, so a resume must keep it
     device = start_run(folder, cfg, free=free if cfg.dp_epsilon is not None else ("steps", *free))
     cfg_dict = asdict(cfg)
@@ -210,6 +213,7 @@ def train(cfg: TrainConfig, out_dir, progress: bool = True, command: str | None 
         "loss_curve": state["loss_curve"], "hardware": hardware(device),
         "versions": library_versions(), "git_commit": git_commit(),
         "weights": {"unet": "EMA (decay %g)" % cfg.ema_decay, "unet_raw": "raw"},
+        "quality": training_quality(ema, sched, cfg, split, device),   # KID of the EMA weights' samples
     }
     if dp is not None:
         record["dp"] = dp.record()

@@ -21,7 +21,7 @@ def test_train_then_attack_then_report(tmp_path, capsys):
     tgt, run = tmp_path / "target", tmp_path / "run"
     assert main(["train", "--out", str(tgt), "--steps", "30", "--n-members", "16", "--n-nonmembers", "120",
                  "--channels", "8,16", "--norm-num-groups", "4", "--batch-size", "8", "--sample-grid", "4",
-                 "--sample-steps", "4", "--device", "cpu", "--quiet"]) == 0
+                 "--sample-steps", "4", "--quality-samples", "0", "--device", "cpu", "--quiet"]) == 0
     assert (tgt / "training.json").exists()
     assert main(["attack", "--target", str(tgt), "--attacks", "loss", "--param", "loss.timesteps=50,200",
                  "--out", str(run), "--device", "cpu", "--n-boot", "50", "--chunk-size", "40", "--quiet"]) == 0

@@ -16,7 +16,8 @@ from diffmia.targets import DiffusersTarget
 from diffmia.train import TrainConfig, train
 
 TINY = dict(n_members=16, n_nonmembers=16, channels=(8, 16), norm_num_groups=4, batch_size=8, lr=2e-3,
-            warmup_steps=5, checkpoint_every=10, sample_grid=4, sample_steps=4, device="cpu", threads=1)
+            warmup_steps=5, checkpoint_every=10, sample_grid=4, sample_steps=4, quality_samples=0, device="cpu",
+            threads=1)
 
 
 def test_training_lowers_loss_and_resume_is_exact(tmp_path):
@@ -45,7 +46,7 @@ def test_kill_9_then_rerun_continues(tmp_path):
     out = tmp_path / "t"
     cmd = [sys.executable, "-m", "diffmia", "train", "--out", str(out), "--steps", "150", "--n-members", "16",
            "--channels", "8,16", "--norm-num-groups", "4", "--batch-size", "8", "--checkpoint-every", "10",
-           "--sample-grid", "0", "--device", "cpu", "--threads", "1", "--quiet"]
+           "--sample-grid", "0", "--quality-samples", "0", "--device", "cpu", "--threads", "1", "--quiet"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / "checkpoint" / "state.json"
     deadline = time.time() + 120

@@ -16,9 +16,10 @@ from diffmia.train import TrainConfig, train
 from diffmia.trainer import LOG_EVERY, load_checkpoint, save_checkpoint
 
 TINY = ["--n-members", "8", "--n-nonmembers", "8", "--channels", "8,16", "--norm-num-groups", "4", "--batch-size", "4",
-        "--warmup-steps", "3", "--sample-grid", "0", "--device", "cpu", "--threads", "1", "--quiet"]
+        "--warmup-steps", "3", "--sample-grid", "0", "--quality-samples", "0", "--device", "cpu", "--threads", "1",
+        "--quiet"]
 TINY_CFG = dict(n_members=8, n_nonmembers=8, channels=(8, 16), norm_num_groups=4, batch_size=4, warmup_steps=3,
-                sample_grid=0, device="cpu", threads=1)
+                sample_grid=0, quality_samples=0, device="cpu", threads=1)
 
 
 def _record(folder):
