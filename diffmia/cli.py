@@ -13,7 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli_train import add_config_args, add_train_features, cmd_study, cmd_train, cmd_train_references, cmd_train_sd
+from .cli_train import (add_config_args, add_train_features, cmd_study, cmd_train, cmd_train_references,
+                        cmd_train_sd)
 from .errors import DiffmiaError
 
 DEMO_TARGET = Path(__file__).resolve().parent.parent / "targets" / "fmnist-ddpm"
