@@ -132,7 +132,7 @@ def add_train_features(sub) -> None:
 
 
 def cmd_train_features(a) -> int:
-    from .quality import train_feature_net
+    from .quality_train import train_feature_net
 
     _check_positive(a, "epochs")
     r = train_feature_net(a.out, epochs=a.epochs, seed=a.seed, data_root=a.data_root, threads=a.threads,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffmia import quality
+from diffmia import quality, quality_train
 from diffmia.data import to_model_input
 
 MAX_BYTES = 2 * 1024 * 1024
@@ -38,7 +38,7 @@ def test_shipped_weights_match_their_record():
 def test_feature_network_classifies_real_test_images(test_set):
     net = quality.load_feature_net()
     sub = test_set.subset(test_set.ids[-200:])
-    assert not net.training and quality.accuracy(net, sub) >= 0.8
+    assert not net.training and quality_train.accuracy(net, sub) >= 0.8
     assert quality.features(to_model_input(sub.images[:3]), net).shape == (3, 128)
 
 
