@@ -72,3 +72,15 @@ def test_a_study_file_is_checked_before_any_work(tmp_path, capsys, extra, needle
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert not (tmp_path / "study" / "targets").exists()
+
+
+@pytest.mark.parametrize("preset", ["study_small.toml", "study_full.toml"])
+def test_the_shipped_presets_are_valid_studies(preset):
+    from pathlib import Path
+
+    from diffmia.study import load_study
+
+    cfg = load_study(Path(__file__).resolve().parent.parent / "benchmarks" / preset)
+    assert {"none", "hflip", "cutout", "randaugment", "weight-decay", "dp-eps1", "dp-eps8", "dp-eps50",
+            "long"} <= set(cfg.defences)
+    assert [d["dp_epsilon"] for n, d in cfg.defences.items() if n.startswith("dp-")] == [50.0, 8.0, 1.0]
