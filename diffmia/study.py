@@ -180,7 +180,8 @@ def summarise(name: str, overrides: dict, record: dict, metrics: dict) -> dict:
     return {"defence": name, "overrides": overrides, "attacks": attacks,
             "quality": quality.get("kid_mean"), "quality_std": quality.get("kid_std"),
             "dp_epsilon": dp.get("epsilon"), "train_seconds": record.get("wall_seconds"),
-            "steps": record.get("steps"), "n_members": record.get("n_members")}
+            "steps": record.get("steps"), "n_members": record.get("n_members"),
+            "test_half": [next(iter(metrics["attacks"].values())).get(k) for k in ("n_members", "n_nonmembers")]}
 
 
 def _f(v, d=3) -> str:
@@ -194,17 +195,18 @@ def write_study_report(out_dir: Path, result: dict) -> None:
     import matplotlib.pyplot as plt
 
     attacks = [a for a in result["attacks"]]
-    head = ["defence", "options", "members", "train s", "KID x 1000", "DP eps"]
+    head = ["defence", "options", "members", "test half (m / n)", "train s", "KID (± std)", "DP eps"]
     head += [f"{a} AUC [95% CI] / TPR@1%FPR" for a in attacks] + ["empirical eps >= (best)"]
     md = ["# Defence study", "", f"Study file `{result['study']}`; base recipe `{json.dumps(result['base'])}`. "
-          "Attack numbers on each target's test half (members/non-members in the last column's runs); "
-          "KID on our Fashion-MNIST feature network (lower = better samples); the empirical epsilon is a 95% "
-          "lower bound from calibrated thresholds.", "",
+          "Attack numbers on each target's test half (its size per row); KID of 256 samples on diffmia's "
+          "Fashion-MNIST feature network (lower = better samples; real images score about 0); the empirical "
+          "epsilon is a 95% lower bound from thresholds chosen on the calibration half.", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"].values():
         cells = [r["defence"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(base)",
-                 str(r["n_members"]), _f(r["train_seconds"], 0),
-                 _f(None if r["quality"] is None else 1000 * r["quality"], 2), _f(r["dp_epsilon"], 2)]
+                 str(r["n_members"]), " / ".join(map(str, r.get("test_half") or ("-", "-"))), _f(r["train_seconds"], 0),
+                 "-" if r["quality"] is None else f"{r['quality']:.1f} ± {_f(r['quality_std'], 1)}",
+                 _f(r["dp_epsilon"], 2)]
         for a in attacks:
             x = r["attacks"].get(a, {})
             ci = x.get("auc_ci") or (None, None)
@@ -220,10 +222,10 @@ def write_study_report(out_dir: Path, result: dict) -> None:
         best = max((x["auc"] for n, x in r["attacks"].items() if n != "blind"), default=None)
         if best is None or r["quality"] is None:
             continue
-        ax.scatter(1000 * r["quality"], best)
-        ax.annotate(r["defence"], (1000 * r["quality"], best), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.scatter(r["quality"], best)
+        ax.annotate(r["defence"], (r["quality"], best), fontsize=8, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
-    ax.set_xlabel("KID x 1000 (sample quality; lower is better)")
+    ax.set_xlabel("KID of 256 samples (lower is better; real images about 0)")
     ax.set_ylabel("best attack AUC (test half)")
     ax.set_title("Privacy vs quality per defence")
     fig.tight_layout()

@@ -53,7 +53,7 @@ def test_a_study_trains_attacks_and_tabulates_every_defence(tmp_path, chunk_call
     cfg = json.loads((out / "targets" / "hflip" / "train_config.json").read_text())
     assert cfg["hflip"] is True and cfg["channels"] == [8, 16]
     table = (out / "STUDY.md").read_text()
-    assert "| hflip | hflip=True | 12 |" in table and "| members-6 | n_members=6 | 6 |" in table
+    assert "| hflip | hflip=True | 12 | 6 / 6 |" in table and "| members-6 | n_members=6 | 6 | 3 / 6 |" in table
     assert (out / "study.png").stat().st_size > 1000
     n_chunks = len(chunk_calls)
     capsys.readouterr()
