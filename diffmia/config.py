@@ -89,15 +89,20 @@ def check_config(cfg: RunConfig) -> None:
         bad("--device", "auto, cpu, cuda or cuda:N (a torch device)", cfg.device)
 
 
-def read_config_file(path: str, parser) -> dict:
-    """The ``diffmia attack`` defaults a TOML file sets: {argparse dest: value}, each key and type checked."""
+def read_toml(path, what: str = "configuration file") -> dict:
+    """A TOML file's contents; a missing, unreadable or invalid file is a one-line error naming it."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
-        raise DiffmiaError(f"{path}: cannot read the configuration file ({e.strerror or e})") from None
+        raise DiffmiaError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise DiffmiaError(f"{path}: not a valid TOML file ({e})") from None
+
+
+def read_config_file(path: str, parser) -> dict:
+    """The ``diffmia attack`` defaults a TOML file sets: {argparse dest: value}, each key and type checked."""
+    data = read_toml(path)
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "fn")}
     out = {}
     for key, v in data.items():

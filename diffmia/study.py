@@ -26,7 +26,6 @@ training time) and ``study.png`` (privacy vs quality).
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -54,15 +53,10 @@ class StudyConfig:
 
 def load_study(path) -> StudyConfig:
     """The study in ``path``, every key and every training option checked before any work."""
+    from .config import read_toml
     from .train import TrainConfig
 
-    try:
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-    except OSError as e:
-        raise DiffmiaError(f"{path}: cannot read the study file ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise DiffmiaError(f"{path}: not a valid TOML file ({e})") from None
+    d = read_toml(path, "study file")
     unknown = set(d) - KEYS
     if unknown:
         raise DiffmiaError(f"{path}: unknown keys {sorted(unknown)}; a study has {sorted(KEYS)}")
