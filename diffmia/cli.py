@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .cli_audio import add_audio_commands
 from .cli_train import (add_config_args, add_train_features, cmd_study, cmd_train, cmd_train_references,
                         cmd_train_sd)
 from .errors import DiffmiaError
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(fn=cmd_train_references)
     add_train_features(sub)
+    add_audio_commands(sub)
 
     st = sub.add_parser("study", help="train a grid of defended targets (one TOML file) and attack each")
     st.add_argument("file", help="the study file (see benchmarks/study_small.toml)")

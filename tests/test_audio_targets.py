@@ -1,0 +1,113 @@
+"""The two audio targets (diffmia/train_audio.py, wave_unet.py) and the audio attack run (audio_attack.py,
+``diffmia train-audio`` / ``attack-audio``) on a corpus of 8 utterances (4 members). The attacks' separation
+on continuous-time targets is tested on the memorised VP-SDE fixture (tests/test_vpsde.py); the size of the
+mel vs waveform effect is a benchmark (benchmarks/AUDIO.md), not a test."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from diffmia.cli import main
+from diffmia.train_audio import build_model, model_data, steps_for, train_audio
+from diffmia.wave_unet import WaveUNet1D
+
+SMALL = dict(sentences=4, voices=("en-us",), speeds=(140, 175), n_members=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed and could not be installed here (run 'make espeak')")
+    from diffmia.data.audio_corpus import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("audio") / "corpus", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def targets(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("targets")
+    for m in ("mel", "wave"):
+        train_audio(corpus_dir, m, out / m, epochs=3, batch_size=4, checkpoint_every=2, seed=0, threads=1,
+                    progress=False)
+    return out
+
+
+def test_the_two_networks_match_in_size_not_in_shape():
+    mel, wave = build_model("mel", 32), build_model("wave", 4096)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (n(mel), n(wave)) == (231_105, 234_225)            # the numbers the module docstring states
+    t = torch.tensor([0.3, 0.7]) * 1000
+    assert mel(torch.zeros(2, 1, 32, 32), t).sample.shape == (2, 1, 32, 32)
+    assert wave(torch.zeros(2, 1, 4096), t).sample.shape == (2, 1, 4096)
+    with pytest.raises(Exception, match="modality"):
+        build_model("spectrogram", 32)
+
+
+def test_wave_unet_saves_loads_and_sees_time(tmp_path):
+    torch.manual_seed(0)
+    m = WaveUNet1D(sample_size=256, block_out_channels=(8, 16), patch=4).eval()
+    x = torch.randn(3, 1, 256)
+    with torch.no_grad():
+        a = m(x, torch.tensor([100.0, 100.0, 100.0])).sample
+        b = m(x, torch.tensor([900.0, 900.0, 900.0])).sample
+    assert not torch.allclose(a, b)                            # the timestep changes the prediction
+    m.save_pretrained(tmp_path / "unet")
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    back = WaveUNet1D.from_pretrained(tmp_path / "unet").eval()
+    with torch.no_grad():
+        assert torch.equal(back(x, torch.tensor([100.0] * 3)).sample, a)
+
+
+def test_both_targets_train_on_the_same_members_for_the_same_epochs(corpus_dir, targets):
+    from diffmia.data.audio_corpus import load_audio_corpus
+    from diffmia.targets.vpsde import VPSDETarget
+
+    c = load_audio_corpus(corpus_dir)
+    recs = {m: json.loads((targets / m / "training.json").read_text()) for m in ("mel", "wave")}
+    assert recs["mel"]["modality"] == "mel" and recs["wave"]["modality"] == "wave"
+    assert recs["mel"]["steps"] == recs["wave"]["steps"] == steps_for(3, 4, 4) == 3
+    assert recs["mel"]["epochs"] == recs["wave"]["epochs"] == 3
+    for m in ("mel", "wave"):
+        split = json.loads((targets / m / "split.json").read_text())
+        assert sorted(split["members"]) == sorted(c.members.tolist())
+    shapes = {m: VPSDETarget.from_pretrained(targets / m, device="cpu").sample_shape for m in ("mel", "wave")}
+    assert tuple(shapes["mel"]) == (1, 32, 32) and tuple(shapes["wave"]) == (1, 1, 4096)
+    assert model_data(c, "wave").shape == (8, 1, 1, 4096) and model_data(c, "mel").shape == (8, 1, 32, 32)
+
+
+def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targets, tmp_path, monkeypatch, capsys):
+    from diffmia.targets.vpsde import VPSDETarget
+
+    run = tmp_path / "run"
+    args = ["attack-audio", "--target", str(targets / "wave"), "--corpus", str(corpus_dir), "--out", str(run),
+            "--n-boot", "20", "--threads", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    r = json.loads((run / "metrics.json").read_text())
+    assert r["modality"] == "wave" and r["n_members"] == 4 and r["n_nonmembers"] == 4
+    assert set(r["attacks"]) == {"pia", "pian", "secmi", "loss"} and "pia" in out
+    first = {n: np.load(run / f"{n}.npz")["variant:" + r["attacks"][n]["variant"]] for n in r["attacks"]}
+    calls = []
+    orig = VPSDETarget.eps
+    monkeypatch.setattr(VPSDETarget, "eps", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    assert main(args) == 0
+    assert calls == []                                         # every attack's features came from the cache
+    again = json.loads((run / "metrics.json").read_text())
+    for n in r["attacks"]:
+        assert np.array_equal(np.load(run / f"{n}.npz")["variant:" + again["attacks"][n]["variant"]], first[n])
+    assert (run / "roc_loglog.png").exists()
+
+
+def test_attack_audio_refuses_bad_input_in_one_line(corpus_dir, targets, memorised_dir, tmp_path, capsys):
+    base = ["--corpus", str(corpus_dir), "--out", str(tmp_path / "r"), "--n-boot", "5"]
+    assert main(["attack-audio", "--target", str(targets / "mel"), "--n-nonmembers", "50", *base]) == 2
+    assert "--n-nonmembers must be 1 to 4" in capsys.readouterr().err
+    assert main(["attack-audio", "--target", str(memorised_dir), *base]) == 2   # an image DDPM, not audio
+    err = capsys.readouterr().err
+    assert err.startswith("diffmia: error:") and "train-audio" in err and len(err.strip().splitlines()) == 1
+    assert main(["train-audio", "--corpus", str(corpus_dir), "--modality", "mel", "--out", str(tmp_path / "t"),
+                 "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
