@@ -78,7 +78,8 @@ def build_corpus(out: str | os.PathLike, sentences: int | list[str] | None = Non
     onsets, lengths, clipped = [], [], 0
     bar = _progress(items, progress)
     for i, (t, v, s) in enumerate(bar):
-        seg, start, c = audio.to_segment(x := audio.synthesise(t, v, s, exe=exe))
+        x = audio.synthesise(t, v, s, exe=exe)
+        seg, start, c = audio.to_segment(x)
         waves[i], clipped = seg, clipped + c
         onsets.append(start)
         lengths.append(len(x))
