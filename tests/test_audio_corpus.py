@@ -45,7 +45,7 @@ def test_shapes_ranges_and_order(corpus_dir):
     assert c.ids.dtype == np.int64 and c.ids.tolist() == list(range(n))
     assert np.abs(c.wave).max() <= 1 and c.mel.min() >= -1 and c.mel.max() <= 1
     assert c.mel.min() == -1 and c.mel.max() > 0.3                       # fixed reference: speech, not silence
-    assert 0.3 < np.abs(c.wave).max() < 1                                 # one global scale, no per-item peak
+    assert 0.3 < np.abs(c.wave).max() < 1 and c.meta["clipped_samples"] == 0   # one global scale, no clipping
     # sentence-major order; every segment starts at speech, and every utterance is longer than its segment
     s = load_sentences(3)
     assert c.text.tolist() == [t for t in s for _ in range(4)]

@@ -5,8 +5,10 @@ Conventions (the only place they are set):
 
 * espeak-ng writes 22,050 Hz 16-bit mono; that is resampled to ``SR`` = 16,000 Hz by
   ``scipy.signal.resample_poly`` (up 320, down 441, its default Kaiser window) and scaled by the one fixed
-  constant ``WAVE_SCALE`` = 1/32768 (int16 full scale -> 1.0), then clipped to [-1, 1] (resampling can ring a
-  little past full scale; how many samples were clipped is recorded in corpus.json).
+  constant ``WAVE_SCALE`` = 0.9/32768 (int16 full scale -> 0.9). The 10% headroom is for the resampler's
+  ringing: espeak-ng's loudest samples sit at int16 full scale and resampled they reach up to 1.019 x full
+  scale (measured on the default corpus), so nothing is clipped; a clip to [-1, 1] stays as a guard and
+  corpus.json records how many samples it changed.
 * The segment: speech onset = start of the first 10 ms window (``ONSET_WINDOW`` samples) whose mean power
   is at least ``ONSET_POWER`` (RMS 0.01, -40 dB full scale); the ``SEGMENT`` = 4096 samples (0.256 s) from
   there, zero-padded at the end if the utterance is shorter.
@@ -34,7 +36,7 @@ from ..errors import DataError
 ESPEAK_SR = 22050
 SR = 16000
 RESAMPLE_UP, RESAMPLE_DOWN = 320, 441          # 16000 / 22050 = 320 / 441
-WAVE_SCALE = 1.0 / 32768.0
+WAVE_SCALE = 0.9 / 32768.0                     # int16 full scale -> 0.9 (headroom for resampling overshoot)
 ONSET_WINDOW = 160                             # 10 ms at 16 kHz
 ONSET_POWER = 1e-4                             # mean power of a 10 ms window (RMS 0.01, -40 dBFS)
 SEGMENT = 4096                                 # 0.256 s at 16 kHz
