@@ -15,7 +15,7 @@ needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,
     reason="espeak-ng is not installed and could not be installed here (run 'make espeak', or apt-get install "
            "espeak-ng)")
-SMALL = dict(sentences=3, voices=("en-us", "en-gb-x-rp+m3"), speeds=(140, 175), n_members=5, seed=1)
+SMALL = dict(sentences=3, voices=("en-us", "en-gb-x-rp+m3"), speeds=(140, 175), n_members=2, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +108,12 @@ def test_stft_matches_torch_and_silence_is_the_floor():
 @needs_espeak
 def test_split_hashes_verify_and_changed_item_is_refused(corpus_dir, tmp_path):
     c = load_audio_corpus(corpus_dir / "corpus.npz")
-    assert len(c.members) == 5 and len(c.nonmembers) == 12 - 5
-    assert sorted(np.concatenate([c.members, c.nonmembers]).tolist()) == list(range(12))
+    # one rendering of each of 2 member sentences; all 4 renderings of the third sentence are non-members
+    order = np.random.default_rng(1).permutation(3)
+    assert len(c.members) == 2 and c.nonmembers.tolist() == list(range(4 * order[2], 4 * order[2] + 4))
+    assert (c.members // 4).tolist() == order[:2].tolist()
+    assert not set(c.text[c.members]) & set(c.text[c.nonmembers])      # no sentence on both sides
     assert c.is_member(c.members).all() and not c.is_member(c.nonmembers).any()
-    assert c.members.tolist() == np.random.default_rng(1).permutation(12)[:5].tolist()
-
     bad = tmp_path / "bad"
     shutil.copytree(corpus_dir, bad)
     with np.load(bad / "corpus.npz") as z:
@@ -130,6 +131,11 @@ def test_split_hashes_verify_and_changed_item_is_refused(corpus_dir, tmp_path):
     (bad / "split.json").unlink()
     with pytest.raises(DataError, match=r"split\.json: file not found"):
         load_audio_corpus(bad)
+
+
+def test_members_need_a_sentence_left_for_the_non_members(tmp_path):
+    with pytest.raises(DataError, match="cannot draw 3 members from 3 sentences: ask for 1 to 2"):
+        build_corpus(tmp_path / "c", sentences=3, voices=("en-us",), speeds=(140,), n_members=3)
 
 
 def test_espeak_missing_says_how_to_install(monkeypatch, tmp_path):
@@ -153,7 +159,7 @@ def test_cli_writes_the_files_and_errors_are_one_line(tmp_path, capsys, monkeypa
         assert f"written to {out}" in said and "2 items" in said and " s" in said
         c = load_audio_corpus(out)
         assert len(c) == 2 and c.speed.tolist() == [160, 160] and c.meta["seed"] == 3
-        assert main(["audio-corpus", "--out", str(out), "--voices", "zz-no-such-voice", "--sentences", "1",
+        assert main(["audio-corpus", "--out", str(out), "--voices", "zz-no-such-voice", "--sentences", "2",
                      "--n-members", "1", "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("diffmia: error: espeak-ng -v zz-no-such-voice") and err.count("\n") == 1

@@ -52,6 +52,21 @@ def wave_sha256(wave: np.ndarray) -> list[str]:
     return [hashlib.sha256(row.tobytes()).hexdigest() for row in w]
 
 
+DRAW = ("sentences in the order of numpy default_rng(seed).permutation(n_sentences): the first n_members each give "
+        "one member, the rendering (voice, speed) drawn by the same generator; every rendering of the other "
+        "sentences is a non-member (in that order); the other renderings of member sentences are in neither set")
+
+
+def draw_split(n_sentences: int, renderings: int, n_members: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(member ids, non-member ids) so that no sentence is on both sides: a non-member that is a member's
+    sentence in another voice or speed would be a near-duplicate of it (see DRAW)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_sentences)
+    members = order[:n_members] * renderings + rng.integers(0, renderings, n_members)
+    nonmembers = (order[n_members:, None] * renderings + np.arange(renderings)).ravel()
+    return members.astype(np.int64), nonmembers.astype(np.int64)
+
+
 def build_corpus(out: str | os.PathLike, sentences: int | list[str] | None = None,
                  voices=DEFAULT_VOICES, speeds=DEFAULT_SPEEDS, n_members: int = 64, seed: int = 0,
                  progress: bool = False) -> Path:
@@ -65,9 +80,10 @@ def build_corpus(out: str | os.PathLike, sentences: int | list[str] | None = Non
         if len(set(vals)) != len(vals):
             raise DataError(f"the {what} list has repeats: {vals}")
     n = len(texts) * len(voices) * len(speeds)
-    if not 1 <= n_members < n:
-        raise DataError(f"cannot draw {n_members} members from {n} items: ask for 1 to {n - 1} "
-                        "(every other item is a non-member)")
+    if not 1 <= n_members < len(texts):
+        raise DataError(f"cannot draw {n_members} members from {len(texts)} sentences: ask for 1 to "
+                        f"{len(texts) - 1} (one rendering of each member sentence is a member; every rendering of "
+                        "the other sentences is a non-member)")
     exe = audio.espeak_path()
     version = audio.espeak_version(exe)
     out = Path(out)
@@ -98,14 +114,12 @@ def build_corpus(out: str | os.PathLike, sentences: int | list[str] | None = Non
               "speed": np.array([s for _, _, s in items], dtype=np.int64)}
     _atomic(out / "corpus.npz", lambda f: np.savez(f, **arrays), binary=True)
 
-    perm = np.random.default_rng(seed).permutation(n)
-    members, nonmembers = perm[:n_members], perm[n_members:]
+    members, nonmembers = draw_split(len(texts), len(voices) * len(speeds), n_members, seed)
     split = MembershipSplit(members, nonmembers, dataset="espeak-audio", seed=seed,
                             member_sha256=[hashes[i] for i in members],
                             nonmember_sha256=[hashes[i] for i in nonmembers],
                             meta={"corpus": "corpus.npz", "n_items": n,
-                                  "draw": "numpy default_rng(seed).permutation(n_items): the first "
-                                          "n_members are members, the rest non-members"})
+                                  "draw": DRAW})
     _atomic(out / "split.json", lambda f: f.write(json.dumps(split.to_dict())))      # as MembershipSplit.save
     import librosa
     import scipy
