@@ -6,7 +6,7 @@ FMNIST ?= /usr/share/datasets/fashion-mnist
 # PyTorch pinned for CI and this machine (the wheels lie on its disk); pyproject leaves it open for users.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data browser test demo benchmark clean
+.PHONY: install data espeak browser test demo benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ data:
 	  fi; \
 	fi
 
+# espeak-ng for the audio corpus (diffmia audio-corpus, tests/test_audio_corpus.py), from the Debian package when it
+# is missing; a failed apt install fails here; without apt the audio tests skip and this says how to install it.
+espeak:
+	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing espeak-ng (Debian package espeak-ng) for the audio corpus"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; \
+	  else \
+	    echo "espeak-ng missing and no apt-get: install espeak-ng (https://github.com/espeak-ng/espeak-ng) to build the audio corpus; its tests will skip"; \
+	  fi; \
+	fi
+
 # Chromium for the HTML report's headless-browser test (tests/test_report_html.py), from the Debian package when it
 # is missing; without apt (or if the install fails) that one test skips, so this never fails `make test`.
 browser:
@@ -42,7 +55,7 @@ browser:
 	  fi; \
 	fi
 
-test: install data browser
+test: install data espeak browser
 	$(PY) -m pytest -q -n 2
 
 demo: install data

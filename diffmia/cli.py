@@ -1,5 +1,5 @@
-"""``diffmia`` command line: train | train-sd | train-references | train-features | study | attack | report |
-list | split | convert | demo.
+"""``diffmia`` command line: train | train-sd | train-references | train-features | study | audio-corpus | attack |
+report | list | split | convert | demo.
 
 A user mistake (missing file, unknown attack, bad option) prints one line ``diffmia: error: ...`` and
 exits with status 2; nothing already computed is lost (features are cached per chunk in the run folder).
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from .cli_audio import add_audio_commands
-from .cli_train import (add_config_args, add_train_features, cmd_study, cmd_train, cmd_train_references,
-                        cmd_train_sd)
+from .cli_train import (add_audio_corpus, add_config_args, add_train_features, cmd_study, cmd_train,
+                        cmd_train_references, cmd_train_sd)
 from .errors import DiffmiaError
 
 DEMO_TARGET = Path(__file__).resolve().parent.parent / "targets" / "fmnist-ddpm"
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_train_references)
     add_train_features(sub)
     add_audio_commands(sub)
+    add_audio_corpus(sub)
 
     st = sub.add_parser("study", help="train a grid of defended targets (one TOML file) and attack each")
     st.add_argument("file", help="the study file (see benchmarks/study_small.toml)")

@@ -1,9 +1,10 @@
-"""The training commands of the ``diffmia`` command line: train | train-sd | train-references | train-features |
-study."""
+"""The training and data commands of the ``diffmia`` command line: train | train-sd | train-references |
+train-features | study | audio-corpus."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -139,4 +140,41 @@ def cmd_train_features(a) -> int:
                           command="diffmia " + shlex.join(a.argv), progress=not a.quiet)
     print(f"feature network written to {a.out}: test accuracy {r['test_accuracy']:.4f}, {r['parameters']} "
           f"parameters, {r['bytes']} bytes, {r['seconds']} s, sha256 {r['sha256'][:12]}...")
+    return 0
+
+
+def add_audio_corpus(sub) -> None:
+    """``diffmia audio-corpus``: speech synthesised offline with espeak-ng (diffmia/data/audio_corpus.py)."""
+    from .data.audio_corpus import DEFAULT_SPEEDS, DEFAULT_VOICES
+
+    p = sub.add_parser("audio-corpus", help="synthesise the espeak-ng speech corpus (waveform + log-mel, split)")
+    p.add_argument("--out", required=True, help="folder for corpus.npz, corpus.json and split.json")
+    p.add_argument("--voices", default=",".join(DEFAULT_VOICES), metavar="V,V,..",
+                   help=f"espeak-ng voices (see espeak-ng --voices=en); default {','.join(DEFAULT_VOICES)}")
+    p.add_argument("--speeds", default=",".join(map(str, DEFAULT_SPEEDS)), metavar="WPM,..",
+                   help=f"words per minute; default {','.join(map(str, DEFAULT_SPEEDS))}")
+    p.add_argument("--sentences", type=int, default=None, help="use the first N committed sentences (default all)")
+    p.add_argument("--n-members", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_audio_corpus)
+
+
+def cmd_audio_corpus(a) -> int:
+    import time
+
+    from .data.audio_corpus import build_corpus
+
+    voices = [v for v in a.voices.split(",") if v]
+    try:
+        speeds = [int(s) for s in a.speeds.split(",") if s]
+    except ValueError:
+        raise DiffmiaError(f"--speeds must be integers separated by commas, got {a.speeds!r}") from None
+    t0 = time.perf_counter()
+    out = build_corpus(a.out, sentences=a.sentences, voices=voices, speeds=speeds, n_members=a.n_members,
+                       seed=a.seed, progress=not a.quiet)
+    n = len(json.loads((out / "split.json").read_text())["members"])
+    total = json.loads((out / "corpus.json").read_text())["n_items"]
+    print(f"audio corpus written to {out} (corpus.npz, corpus.json, split.json): {total} items, {n} members, "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
