@@ -41,16 +41,17 @@ def ddim_move(abar, x_s, s, t, eps):
 
 
 def eps_from_model_output(abar, x_t, t, out, prediction_type: str):
-    """The noise prediction whatever the model predicts (epsilon, v or x0)."""
+    """The noise prediction whatever the model predicts (epsilon, v, x0, or the score of a VP-SDE model)."""
     if prediction_type == "epsilon":
         return out
+    if prediction_type == "score":   # out = grad log p_t(x_t) = -eps / sqrt(1-a)  =>  eps = -sqrt(1-a) out
+        a = _at(abar, t, x_t.double())                  # in float64: 1 - a is tiny near t = 0
+        return (-(1 - a).sqrt() * out.double()).to(out.dtype)
     a = _at(abar, t, x_t)
     if prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) x0  =>  eps = sqrt(a) v + sqrt(1-a) x_t
         return a.sqrt() * out + (1 - a).sqrt() * x_t
     if prediction_type == "sample":  # out = x0_hat
         return (x_t - a.sqrt() * out) / (1 - a).sqrt()
-    if prediction_type == "score":   # out = grad log p_t(x_t) = -eps / sqrt(1-a)  =>  eps = -sqrt(1-a) out
-        return -(1 - a).sqrt() * out
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
