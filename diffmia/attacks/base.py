@@ -19,6 +19,9 @@ constraints of its parameters once (``_parameter_constraints``); the public meth
 for learned attacks, that ``fit`` ran (:func:`check_is_fitted`), then call the attack's own
 ``_features``/``_fit``/``_scores``/``_queries``. ``queries_per_sample()`` says how many noise predictions
 (or API calls) one sample costs; tests measure it by counting.
+
+Timestep parameters (declared with :func:`step`/``TIMESTEP``) take a step index or a float fraction f in (0, 1] of
+the target's T (the step round(f*T) - 1); the public methods resolve fractions on a clone (``_timesteps.py``).
 """
 
 from __future__ import annotations

@@ -34,13 +34,12 @@ returns N x C x 1 x L.
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
 from .. import ops
 from ..errors import TargetError
-from .base import resolve_device, timestep_tensor
+from .diffusers import DiffusersTarget
 from .folder import TargetFolder
 
 PREDICTION_TYPES = ("epsilon", "score")
@@ -76,7 +75,7 @@ def check_sde(sde: dict, where: str = "sde.json") -> dict:
     return out
 
 
-class VPSDETarget:
+class VPSDETarget(DiffusersTarget):
     """A continuous-time (VP-SDE) model as a :class:`NoisePredictor` on a grid of ``grid`` times.
 
     Arguments: ``model`` (a diffusers ``UNet2DModel``/``UNet1DModel`` or any module ``model(x, time)`` that
@@ -84,28 +83,28 @@ class VPSDETarget:
     (1000 steps, t_k = (k+1)/grid), ``time_scale`` (1000: the model's time input is t * time_scale),
     ``prediction_type`` ('epsilon' | 'score'), ``device``, ``batch_size`` (images per forward pass),
     ``one_d`` (the model takes N x C x L; default: True for a ``UNet1DModel``), ``sample_shape`` (C, H, W)
-    for a module without a diffusers config. ``queries`` counts one per evaluated image.
+    for a module without a diffusers config. Batching, query counting (one per image), ``forward_seconds``
+    and class labels as ``cond`` are :class:`~diffmia.targets.diffusers.DiffusersTarget`'s.
     """
+
+    PREDICTION_TYPES = PREDICTION_TYPES
 
     def __init__(self, model, beta_min: float = 0.1, beta_max: float = 20.0, grid: int = 1000,
                  time_scale: float = 1000.0, prediction_type: str = "epsilon", device="auto",
                  batch_size: int = 256, one_d: bool | None = None, sample_shape=None):
-        sde = check_sde({"beta_min": beta_min, "beta_max": beta_max, "grid": grid, "time_scale": time_scale,
-                         "prediction_type": prediction_type}, "VPSDETarget")
-        self.sde = sde
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.sde = check_sde({"beta_min": beta_min, "beta_max": beta_max, "grid": grid, "time_scale": time_scale,
+                              "prediction_type": prediction_type}, "VPSDETarget")
         self.one_d = type(model).__name__ == "UNet1DModel" if one_d is None else bool(one_d)
         self._shape = None if sample_shape is None else tuple(int(s) for s in sample_shape)
         self.times = vp_grid(grid)
-        self.alphas_cumprod = ops.vp_alpha_bar(self.times, beta_min, beta_max)
-        self.num_train_timesteps = int(grid)
         self.time_scale = float(time_scale)
-        self.prediction_type = prediction_type
-        self.batch_size = int(batch_size)
-        self.queries = 0
-        self.forward_seconds = 0.0
-        self.source = None
+        super().__init__(model, ops.vp_alpha_bar(self.times, beta_min, beta_max), prediction_type,
+                         device if isinstance(device, str) else torch.device(device), batch_size)
+
+    @property
+    def model(self):
+        """The network (``unet`` as DiffusersTarget names it)."""
+        return self.unet
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -151,37 +150,14 @@ class VPSDETarget:
         t.source = str(path)
         return t
 
-    def to_model_space(self, images: torch.Tensor, seeds=None) -> torch.Tensor:
-        """The samples themselves (N x C x H x W)."""
-        return images.to(self.device, torch.float32)
-
-    def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
     def time_input(self, k: torch.Tensor) -> torch.Tensor:
         """The model's time input for grid steps ``k``: t_k * time_scale (float32)."""
         return (self.times.to(k.device)[k] * self.time_scale).float()
 
-    @torch.inference_mode()
-    def eps(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
-        """eps_theta(x_t, t_k) for grid steps ``t`` (an int or a long tensor [N]), in batches of ``batch_size``;
-        counts one query per image. A score model's output s is returned as -sqrt(1 - abar(t_k)) s."""
-        n = x_t.shape[0]
-        k = timestep_tensor(t, n, self.num_train_timesteps, self.device)
-        x_t = x_t.to(self.device, torch.float32)
-        if self.one_d and x_t.shape[2] != 1:
-            raise TargetError(f"VPSDETarget: a 1-D model takes N x C x 1 x L samples, got {tuple(x_t.shape)}")
-        outs = []
-        start = time.perf_counter()
-        for i in range(0, n, self.batch_size):
-            xb, kb = x_t[i:i + self.batch_size], k[i:i + self.batch_size]
-            kw = {} if cond is None else {"class_labels": torch.as_tensor(cond[i:i + self.batch_size], device=self.device)}
-            out = self.model(xb[:, :, 0] if self.one_d else xb, self.time_input(kb), **kw)
-            out = getattr(out, "sample", out)
-            out = out.unsqueeze(2) if self.one_d else out
-            outs.append(ops.eps_from_model_output(self.alphas_cumprod, xb, kb, out, self.prediction_type))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.forward_seconds += time.perf_counter() - start
-        self.queries += n
-        return torch.cat(outs).float()
+    def _forward(self, xb: torch.Tensor, kb: torch.Tensor, kw: dict) -> torch.Tensor:
+        """The model at the continuous times t_k of steps ``kb`` (a 1-D model sees N x C x L)."""
+        if self.one_d and xb.shape[2] != 1:
+            raise TargetError(f"VPSDETarget: a 1-D model takes N x C x 1 x L samples, got {tuple(xb.shape)}")
+        out = self.unet(xb[:, :, 0] if self.one_d else xb, self.time_input(kb), **kw)
+        out = getattr(out, "sample", out)
+        return out.unsqueeze(2) if self.one_d else out
