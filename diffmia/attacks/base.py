@@ -188,11 +188,12 @@ class Attack:
         (default 0..N-1; the runner passes the sample ids); ``cache``: see the module docstring."""
         self.check_params()
         images = check_images(images, self.name)
+        if not has_fractions(self):
+            return self._features(target, images, cond, default_seeds(seeds, len(images)), {} if cache is None else cache)
         T = int(getattr(target, "num_train_timesteps", None) or 1000)
         att = resolved(self, T)                 # fraction timesteps -> steps of the target's grid (a clone)
         out = att._features(target, images, cond, default_seeds(seeds, len(images)), {} if cache is None else cache)
-        if att is not self:                     # so that scores() resolves them the same way
-            out[T_KEY] = np.full(len(images), T, np.int64)
+        out[T_KEY] = np.full(len(images), T, np.int64)      # so that scores() resolves them the same way
         return out
 
     def fit(self, features: dict[str, np.ndarray], is_member) -> "Attack":
