@@ -188,11 +188,11 @@ class Attack:
         (default 0..N-1; the runner passes the sample ids); ``cache``: see the module docstring."""
         self.check_params()
         images = check_images(images, self.name)
+        seeds, cache = default_seeds(seeds, len(images)), {} if cache is None else cache
         if not has_fractions(self):
-            return self._features(target, images, cond, default_seeds(seeds, len(images)), {} if cache is None else cache)
+            return self._features(target, images, cond, seeds, cache)
         T = int(getattr(target, "num_train_timesteps", None) or 1000)
-        att = resolved(self, T)                 # fraction timesteps -> steps of the target's grid (a clone)
-        out = att._features(target, images, cond, default_seeds(seeds, len(images)), {} if cache is None else cache)
+        out = resolved(self, T)._features(target, images, cond, seeds, cache)   # fractions -> steps (a clone)
         out[T_KEY] = np.full(len(images), T, np.int64)      # so that scores() resolves them the same way
         return out
 

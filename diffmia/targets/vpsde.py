@@ -64,7 +64,7 @@ def check_sde(sde: dict, where: str = "sde.json") -> dict:
     num = (int, float)
     if out["type"] != "vp":
         raise TargetError(f"{where}: type must be 'vp' (the variance-preserving SDE), got {out['type']!r}")
-    if not all(isinstance(out[k], num) and not isinstance(out[k], bool) for k in ("beta_min", "beta_max", "time_scale")):
+    if any(not isinstance(out[k], num) or isinstance(out[k], bool) for k in ("beta_min", "beta_max", "time_scale")):
         raise TargetError(f"{where}: beta_min, beta_max and time_scale must be numbers")
     if not 0 <= out["beta_min"] < out["beta_max"] or out["time_scale"] <= 0:
         raise TargetError(f"{where}: need 0 <= beta_min < beta_max and time_scale > 0, got {out}")
@@ -144,7 +144,8 @@ class VPSDETarget(DiffusersTarget):
             model = getattr(diffusers, name).from_pretrained(unet_dir, use_safetensors=True, local_files_only=True,
                                                              low_cpu_mem_usage=False)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
-            raise TargetError(f"{unet_dir}: cannot load the model ({str(e).splitlines()[0] if str(e) else e})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TargetError(f"{unet_dir}: cannot load the model ({why})") from None
         t = cls(model, sde["beta_min"], sde["beta_max"], sde["grid"], sde["time_scale"], sde["prediction_type"],
                 device, batch_size)
         t.source = str(path)
