@@ -38,6 +38,10 @@ def load_target(folder: str, access: str, weights: str = "ema", device: str = "a
     if access == "none":
         return None
     latent = TargetFolder(folder).is_latent
+    if access == "model" and TargetFolder(folder).is_vpsde:
+        from .targets import VPSDETarget
+
+        return VPSDETarget.from_pretrained(folder, weights=weights, device=device, batch_size=batch_size)
     if access == "model" and latent:
         from .targets.stable_diffusion import LatentDiffusersTarget
 
@@ -72,8 +76,8 @@ def _file_sha(path: Path, store: dict) -> str:
 
 
 def fingerprint(folder, weights: str = "ema", store_path: Path | None = None) -> str:
-    """SHA-256 of a target's weights and configuration (UNet of ``weights``, scheduler, and the VAE, text
-    encoder and tokenizer of a latent target). File hashes are kept in ``store_path`` (a JSON file, keyed by
+    """SHA-256 of a target's weights and configuration (UNet of ``weights``, scheduler or sde.json, and the VAE,
+    text encoder and tokenizer of a latent target). File hashes are kept in ``store_path`` (a JSON file, keyed by
     path, size and modification time) so each file is read once; changing a file in place changes its key."""
     from .targets import TargetFolder
 
@@ -90,6 +94,8 @@ def fingerprint(folder, weights: str = "ema", store_path: Path | None = None) ->
         for p in sorted(d.rglob("*")) if d.is_dir() else []:
             if p.is_file():
                 h.update(f"{p.relative_to(tf.path)}:{_file_sha(p, store)}\n".encode())
+    if tf.sde_json.is_file():                   # a VP-SDE target's schedule and time scaling
+        h.update(f"sde.json:{_file_sha(tf.sde_json, store)}\n".encode())
     if store_path is not None:
         tmp = Path(store_path).with_suffix(".tmp")
         tmp.write_text(json.dumps(store, indent=0))

@@ -41,15 +41,26 @@ def ddim_move(abar, x_s, s, t, eps):
 
 
 def eps_from_model_output(abar, x_t, t, out, prediction_type: str):
-    """The noise prediction whatever the model predicts (epsilon, v or x0)."""
+    """The noise prediction whatever the model predicts (epsilon, v, x0, or the score of a VP-SDE model)."""
     if prediction_type == "epsilon":
         return out
+    if prediction_type == "score":   # out = grad log p_t(x_t) = -eps / sqrt(1-a)  =>  eps = -sqrt(1-a) out
+        a = _at(abar, t, x_t.double())                  # in float64: 1 - a is tiny near t = 0
+        return (-(1 - a).sqrt() * out.double()).to(out.dtype)
     a = _at(abar, t, x_t)
     if prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) x0  =>  eps = sqrt(a) v + sqrt(1-a) x_t
         return a.sqrt() * out + (1 - a).sqrt() * x_t
     if prediction_type == "sample":  # out = x0_hat
         return (x_t - a.sqrt() * out) / (1 - a).sqrt()
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def vp_alpha_bar(t, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+    """abar(t) of the VP-SDE dx = -beta(t) x/2 dt + sqrt(beta(t)) dW (Song et al. 2021, eq. 11; Grad-TTS) with
+    beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1]: log abar(t) = -int_0^t beta = -(beta_min t +
+    (beta_max - beta_min) t^2 / 2); q(x_t | x_0) = N(sqrt(abar(t)) x_0, (1 - abar(t)) I). Float64."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.exp(-(beta_min * t + 0.5 * (beta_max - beta_min) * t * t))
 
 
 def sum_sq(x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +114,8 @@ def step_losses(abar, x0, x_t, t: int, noise, eps_hat) -> dict[str, torch.Tensor
 #                                                                                            initial noise
 #   transform_step  v     t (= t_start), step k >= 1   mix(v, 10000000 + 1000 t + k)         its DDPM draws
 #   generate        i     seed, step k >= 0            mix(i, 50000000 + 10007 seed + k)     DiffusersAPI.generate
-#   train           -     seed, step                   1000003 seed + step (one generator    diffmia train
-#                                                      per step: batch, t, noise, augment)
+#   train           -     seed, step                   1000003 seed + step (one generator    diffmia train,
+#                                                      per step: batch, t, noise, augment)   train_vpsde
 #   train_vae       -     seed, step                   1000003 seed + step + 500000000       diffmia train-sd (VAE)
 #   dp_batch        -     seed, step                   1000003 seed + step + 600000000       diffmia train with DP:
 #                                                                                            Poisson batch membership

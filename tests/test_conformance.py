@@ -116,3 +116,38 @@ def test_every_parameter_is_declared_and_checked(name):
     if cls.learned:
         with pytest.raises(DiffmiaError, match="learned attack: call fit"):
             cls().scores({})
+
+
+# Every timestep parameter as a fraction of T (f -> step round(f*T) - 1) and as the index it means.
+FRACTIONS = {"pia": ({"t": 0.2}, {"t": 199}), "pian": ({"t": 0.2}, {"t": 199}), "sima": ({"t": 0.2}, {"t": 199}),
+             "noise_aggregation": ({"t": 0.2}, {"t": 199}), "loss": ({"timesteps": (0.2,)}, {"timesteps": (199,)}),
+             "forensics": ({"grid_stride": 250, "t_trunc": 0.3, "time_truncations": (None, 0.1)},
+                           {"grid_stride": 250, "t_trunc": 299, "time_truncations": (None, 99)}),
+             "secmi": ({"t_sec": 0.021}, {"t_sec": 20}), "secmi_nns": ({"t_sec": 0.021}, {"t_sec": 20}),
+             "forensics_graybox": ({"t_start": 0.021, "num_steps": 2, "t_trunc": 0.011},
+                                   {"t_start": 20, "num_steps": 2, "t_trunc": 10}),
+             "observers": ({"t_start": 0.021, "num_steps": 2}, {"t_start": 20, "num_steps": 2})}
+
+
+def test_every_timestep_parameter_takes_a_fraction():
+    from diffmia.attacks._timesteps import timestep_params
+
+    have = {n for n, c in ATTACKS.items() if timestep_params(c())}
+    assert have == set(FRACTIONS), "add the attack's timestep parameters to FRACTIONS"
+    for n, (frac, _) in FRACTIONS.items():
+        assert any(isinstance(v, float) or isinstance(v, tuple) and any(isinstance(u, float) for u in v)
+                   for v in frac.values()), n
+
+
+@pytest.mark.parametrize("name", sorted(FRACTIONS))
+def test_a_fraction_gives_exactly_its_index(name, memorised_target, fixture_api, eval_set):
+    x, is_member, ids = eval_set
+    target = fixture_api if ATTACKS[name].access == "api" else memorised_target
+    frac, idx = (ATTACKS[name](**p) for p in FRACTIONS[name])
+    ff, fi = frac.features(target, x[:3], seeds=ids[:3]), idx.features(target, x[:3], seeds=ids[:3])
+    assert set(ff) == set(fi) | {"num_train_timesteps"}
+    assert all(np.array_equal(ff[k], fi[k]) for k in fi)
+    assert frac.queries_per_sample() == idx.queries_per_sample()
+    if not frac.learned:
+        sf, si = frac.scores(ff), idx.scores(fi)
+        assert list(sf) == list(si) and all(np.array_equal(sf[k], si[k]) for k in si)

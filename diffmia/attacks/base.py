@@ -19,6 +19,9 @@ constraints of its parameters once (``_parameter_constraints``); the public meth
 for learned attacks, that ``fit`` ran (:func:`check_is_fitted`), then call the attack's own
 ``_features``/``_fit``/``_scores``/``_queries``. ``queries_per_sample()`` says how many noise predictions
 (or API calls) one sample costs; tests measure it by counting.
+
+Timestep parameters (declared with :func:`step`/``TIMESTEP``) take a step index or a float fraction f in (0, 1] of
+the target's T (the step round(f*T) - 1); the public methods resolve fractions on a clone (``_timesteps.py``).
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ import numpy as np
 import torch
 
 from ..errors import DiffmiaError
+from ._timesteps import T_KEY, features_T, has_fractions, resolved
 
 
 # ----------------------------------------------------------------------------- parameter constraints
 class Param:
-    """A declared parameter constraint: ``ok(value) -> bool`` and what it asks for, in words."""
+    """A declared parameter constraint: ``ok(value) -> bool`` and what it asks for, in words. ``timestep``: the
+    parameter names diffusion steps (an index or a fraction of T, resolved by ``_timesteps.resolved``)."""
 
-    def __init__(self, text: str, ok: Callable[[object], bool]):
-        self.text, self.ok = text, ok
+    def __init__(self, text: str, ok: Callable[[object], bool], timestep: bool = False):
+        self.text, self.ok, self.timestep = text, ok, timestep
 
     def __str__(self) -> str:
         return self.text
@@ -109,22 +114,30 @@ def sequence(item: Param, nonempty: bool = True, distinct: bool = False, increas
         if distinct and len(set(v)) != len(v):
             return False
         return not increasing or all(a < b for a, b in zip(v, v[1:]))
-    return Param(text, ok)
+    return Param(text, ok, item.timestep)
 
 
 def optional(p: Param) -> Param:
-    return Param(f"{p} (or None)", lambda v: v is None or p.ok(v))
+    return Param(f"{p} (or None)", lambda v: v is None or p.ok(v), p.timestep)
 
 
 def either(*ps: Param) -> Param:
-    return Param(" or ".join(str(p) for p in ps), lambda v: any(p.ok(v) for p in ps))
+    return Param(" or ".join(str(p) for p in ps), lambda v: any(p.ok(v) for p in ps), any(p.timestep for p in ps))
 
 
 def anything() -> Param:
     return Param("anything", lambda v: True)
 
 
-TIMESTEP = integer(0)
+def step(lo: int = 0) -> Param:
+    """A diffusion step: an integer index >= lo, or a float fraction f in (0, 1] of the target's T (the step
+    round(f*T) - 1; see ``_timesteps.py``)."""
+    index = integer(lo)
+    return Param(f"{index} (a step index) or a fraction in (0, 1] of the target's T",
+                 lambda v: index.ok(v) or (_is_number(v) and not _is_int(v) and 0 < v <= 1), timestep=True)
+
+
+TIMESTEP = step(0)
 SEED = integer()
 
 
@@ -168,15 +181,20 @@ class Attack:
         """Noise predictions (model access) or API calls (API access) that one sample costs. Attacks whose
         cost depends on the target's T use ``num_train_timesteps`` (1000 when not given)."""
         self.check_params()
-        return self._queries(num_train_timesteps)
+        return resolved(self, int(num_train_timesteps or 1000))._queries(num_train_timesteps)
 
     def features(self, target, images, cond=None, seeds=None, cache: dict | None = None) -> dict[str, np.ndarray]:
         """Query results for ``images`` (N x C x H x W in [-1, 1]); ``seeds`` keys each sample's noise
         (default 0..N-1; the runner passes the sample ids); ``cache``: see the module docstring."""
         self.check_params()
         images = check_images(images, self.name)
-        return self._features(target, images, cond, default_seeds(seeds, len(images)),
-                              {} if cache is None else cache)
+        seeds, cache = default_seeds(seeds, len(images)), {} if cache is None else cache
+        if not has_fractions(self):
+            return self._features(target, images, cond, seeds, cache)
+        T = int(getattr(target, "num_train_timesteps", None) or 1000)
+        out = resolved(self, T)._features(target, images, cond, seeds, cache)   # fractions -> steps (a clone)
+        out[T_KEY] = np.full(len(images), T, np.int64)      # so that scores() resolves them the same way
+        return out
 
     def fit(self, features: dict[str, np.ndarray], is_member) -> "Attack":
         """Learned attacks: fit on the rows given (the runner passes calibration rows only)."""
@@ -189,7 +207,8 @@ class Attack:
         self.check_params()
         if self.learned:
             check_is_fitted(self)
-        return self._scores(features)
+        att = resolved(self, features_T(features, self.name)) if has_fractions(self) else self
+        return att._scores(features)
 
     def score(self, target, images, cond=None, seeds=None) -> np.ndarray:
         """The primary score, one float per image (higher = member)."""

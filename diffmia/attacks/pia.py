@@ -22,6 +22,11 @@ c_t (eps_0 - eps_theta(x_t, t)) with c_t = sqrt(abar_{t-1}) sqrt(1-abar_t)/sqrt(
 a constant for a fixed t: the ranking of samples (and every metric) is that of R_{t,p} (tested).
 
 Queries per sample: 1 + number of t's (one eps_0 shared by a sweep over t).
+
+Continuous-time models: the paper also attacks Grad-TTS, a VP-SDE model with t in (0, 1]. On a
+:class:`~diffmia.targets.vpsde.VPSDETarget` the same steps run on its grid t_k = (k + 1) / T (step 0 is the
+smallest time 1/T, standing in for t = 0 in (P1)); ``t`` may be a fraction of T (``t=0.2``: the time 0.2 there,
+step 199 of a 1000-step DDPM; ``_timesteps.py``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch
 
 from .. import ops
 from ..errors import DiffmiaError
-from .base import Attack, integer, optional, sequence
+from .base import Attack, integer, optional, sequence, step
 
 
 def check_secmi_steps(t_secs, k: int, num_train_timesteps: int | None, name: str) -> tuple[int, ...]:
@@ -71,7 +71,9 @@ class SecMIStat(Attack):
 
     Threat model: white-box query access. Arguments: ``t_sec`` (default 100), ``k`` (default 10; t_sec
     must be a multiple of k), ``t_secs``: optional extra t_sec values scored from the same inversion
-    trajectory (variants ``secmi[t_sec=...]``; the primary score stays at ``t_sec``).
+    trajectory (variants ``secmi[t_sec=...]``; the primary score stays at ``t_sec``). A float t_sec is a
+    fraction f of T, the step round(f*T) - 1 (``_timesteps.py``): the default t_sec = 100 is f = 0.101 at
+    T = 1000 (f = 0.1 is step 99, not a multiple of k = 10).
     Queries per sample: max(t_sec, *t_secs)/k + 1 (11 at the defaults). A sweep below t_sec is free;
     one above it extends the inversion by one query per k steps.
     Higher score (smaller t-error) = member.
@@ -80,7 +82,7 @@ class SecMIStat(Attack):
     name = "secmi"
     paper = "Duan et al. 2023, Are Diffusion Models Vulnerable to Membership Inference Attacks? (SecMI_stat)"
     threat_model = "white-box"
-    _parameter_constraints = {"t_sec": integer(1), "k": integer(1), "t_secs": optional(sequence(integer(1)))}
+    _parameter_constraints = {"t_sec": step(1), "k": integer(1), "t_secs": optional(sequence(step(1)))}
 
     def __init__(self, t_sec: int = 100, k: int = 10, t_secs=None):
         self.t_sec = t_sec

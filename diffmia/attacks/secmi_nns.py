@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DiffmiaError
 from ..targets.base import resolve_device
-from .base import SEED, Attack, anything, boolean, integer, number
+from .base import SEED, Attack, anything, boolean, integer, number, step
 from .secmi import check_secmi_steps, secmi_reconstructions
 
 
@@ -58,7 +58,7 @@ class SecMINNs(Attack):
     threat_model = "white-box"
     learned = True
     _parameter_constraints = {
-        "t_sec": integer(1), "k": integer(1), "epochs": integer(1), "lr": number(0, strict=True),
+        "t_sec": step(1), "k": integer(1), "epochs": integer(1), "lr": number(0, strict=True),
         "momentum": number(0), "weight_decay": number(0), "batch_size": integer(1),
         "val_frac": number(0, 1, hi_open=True), "seed": SEED, "device": anything(), "progress": boolean()}
 

@@ -18,12 +18,15 @@ class DiffusersTarget:
 
     Parameters: ``unet``, ``alphas_cumprod`` (from the scheduler), ``prediction_type``,
     ``device`` ('cpu' | 'cuda' | 'auto'), ``batch_size`` (images per forward pass).
-    Class-conditional UNets take integer class labels as ``cond``.
+    Class-conditional UNets take integer class labels as ``cond``. Subclasses for other kinds of model
+    (:class:`~diffmia.targets.vpsde.VPSDETarget`) override ``_forward`` and ``PREDICTION_TYPES``.
     """
+
+    PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
     def __init__(self, unet, alphas_cumprod, prediction_type: str = "epsilon",
                  device: str = "auto", batch_size: int = 256, dtype=torch.float32):
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if prediction_type not in self.PREDICTION_TYPES:
             raise TargetError(f"unsupported prediction_type {prediction_type!r}")
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.dtype = dtype
@@ -87,10 +90,14 @@ class DiffusersTarget:
             kw = {}
             if cond is not None:
                 kw["class_labels"] = torch.as_tensor(cond[i:i + self.batch_size], device=self.device)
-            out = self.unet(xb, tb, **kw).sample
+            out = self._forward(xb, tb, kw)
             outs.append(ops.eps_from_model_output(self.alphas_cumprod, xb, tb, out, self.prediction_type))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.forward_seconds += time.perf_counter() - start
         self.queries += n
         return torch.cat(outs).float()
+
+    def _forward(self, xb: torch.Tensor, tb: torch.Tensor, kw: dict) -> torch.Tensor:
+        """The model's raw output for one batch at steps ``tb`` (its prediction_type's quantity)."""
+        return self.unet(xb, tb, **kw).sample

@@ -7,6 +7,8 @@ produces) plus diffmia's own records beside it::
     unet/                   config.json + *.safetensors (EMA weights when trained by diffmia)
     unet_raw/               optional raw (non-EMA) weights: ``--weights raw``
     scheduler/              scheduler_config.json (noise schedule, prediction type, T)
+    sde.json                continuous-time (VP-SDE) targets instead of scheduler/: {"type": "vp", "beta_min",
+                            "beta_max", "grid", "time_scale", "prediction_type"} (targets/vpsde.py)
     vae/ text_encoder/ tokenizer/   latent, text-conditioned targets (Stable Diffusion layout)
     split.json              the membership split the target was trained on
     captions.csv, replacement_captions.csv   latent targets: the samples' captions (id,caption), and
@@ -105,6 +107,10 @@ class TargetFolder:
         return self.path / "conversion.json"
 
     @property
+    def sde_json(self) -> Path:
+        return self.path / "sde.json"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoint"
 
@@ -117,6 +123,11 @@ class TargetFolder:
     def is_latent(self) -> bool:
         """True for a latent (VAE) target: the Stable Diffusion layout has a ``vae/`` folder."""
         return (self.path / "vae").is_dir()
+
+    @property
+    def is_vpsde(self) -> bool:
+        """True for a continuous-time (VP-SDE) target: it has ``sde.json``."""
+        return self.sde_json.exists()
 
     def checked_unet_dir(self, weights: str = "ema") -> Path:
         """The UNet folder, after checking it holds a config and safetensors weights."""
@@ -165,9 +176,14 @@ class TargetFolder:
             self.unet_config(weights) if (self.unet_dir(weights) / "config.json").exists() else {})
         return cfg.get("in_channels")
 
+    def sde_config(self) -> dict:
+        return self._json(self.sde_json)
+
     def num_train_timesteps(self) -> int | None:
-        """T from the scheduler config (None without one)."""
+        """T from the scheduler config, or a VP-SDE target's grid (None without either)."""
         if not (self.scheduler_dir / "scheduler_config.json").exists():
+            if self.is_vpsde:
+                return int(self.sde_config().get("grid", 1000))
             return None
         return int(self.scheduler_config().get("num_train_timesteps", 1000))
 
