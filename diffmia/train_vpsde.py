@@ -30,7 +30,7 @@ from . import ops
 from .errors import DiffmiaError
 from .provenance import git_commit, hardware, library_versions
 from .targets.folder import TargetFolder
-from .targets.vpsde import check_sde
+from .targets.vpsde import ONE_D_CLASSES, check_sde
 from .trainer import batch_positions, start_run, training_loop
 
 GRAD_CLIP = 1.0      # global gradient-norm clipping, as diffmia train's default
@@ -65,8 +65,8 @@ def _as_data(data, model) -> torch.Tensor:
     if x.ndim != 4 or len(x) == 0:
         raise DiffmiaError(f"train_vpsde: data must be N x C x H x W (N x C x 1 x L for a 1-D model), got "
                            f"shape {tuple(x.shape)}")
-    if type(model).__name__ == "UNet1DModel" and x.shape[2] != 1:
-        raise DiffmiaError(f"train_vpsde: a UNet1DModel trains on N x C x 1 x L data, got {tuple(x.shape)}")
+    if type(model).__name__ in ONE_D_CLASSES and x.shape[2] != 1:
+        raise DiffmiaError(f"train_vpsde: a 1-D model trains on N x C x 1 x L data, got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise DiffmiaError("train_vpsde: data contain NaN or infinite values")
     return x
@@ -89,7 +89,7 @@ def train_vpsde(model, data, out_dir, *, ids, steps, batch_size=32, lr=1e-3, war
         raise DiffmiaError(f"train_vpsde: got {len(ids)} ids for {len(x_all)} samples")
     sde = check_sde({"beta_min": float(beta_min), "beta_max": float(beta_max), "grid": int(grid),
                      "time_scale": float(time_scale)}, "train_vpsde")
-    one_d = type(model).__name__ == "UNet1DModel"
+    one_d = type(model).__name__ in ONE_D_CLASSES
     cfg = VPSDETrainConfig(int(steps), int(batch_size), float(lr), int(warmup_steps), float(ema_decay),
                            int(checkpoint_every), int(seed), sde["beta_min"], sde["beta_max"], sde["grid"],
                            sde["time_scale"], type(model).__name__, json.loads(json.dumps(dict(model.config),

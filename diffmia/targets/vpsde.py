@@ -43,7 +43,19 @@ from .diffusers import DiffusersTarget
 from .folder import TargetFolder
 
 PREDICTION_TYPES = ("epsilon", "score")
-UNET_CLASSES = ("UNet2DModel", "UNet1DModel")
+UNET_CLASSES = ("UNet2DModel", "UNet1DModel", "WaveUNet1D")   # WaveUNet1D: diffmia/wave_unet.py
+ONE_D_CLASSES = ("UNet1DModel", "WaveUNet1D")                  # models that take N x C x L
+
+
+def model_class(name: str):
+    """The model class of a ``config.json`` ``_class_name`` (one of UNET_CLASSES)."""
+    if name == "WaveUNet1D":
+        from ..wave_unet import WaveUNet1D
+
+        return WaveUNet1D
+    import diffusers
+
+    return getattr(diffusers, name)
 SDE_DEFAULTS = {"type": "vp", "beta_min": 0.1, "beta_max": 20.0, "grid": 1000, "time_scale": 1000.0,
                 "prediction_type": "epsilon"}
 
@@ -94,7 +106,7 @@ class VPSDETarget(DiffusersTarget):
                  batch_size: int = 256, one_d: bool | None = None, sample_shape=None):
         self.sde = check_sde({"beta_min": beta_min, "beta_max": beta_max, "grid": grid, "time_scale": time_scale,
                               "prediction_type": prediction_type}, "VPSDETarget")
-        self.one_d = type(model).__name__ == "UNet1DModel" if one_d is None else bool(one_d)
+        self.one_d = type(model).__name__ in ONE_D_CLASSES if one_d is None else bool(one_d)
         self._shape = None if sample_shape is None else tuple(int(s) for s in sample_shape)
         self.times = vp_grid(grid)
         self.time_scale = float(time_scale)
@@ -129,9 +141,8 @@ class VPSDETarget(DiffusersTarget):
     def from_pretrained(cls, path, weights: str = "ema", device: str = "auto", batch_size: int = 256) -> "VPSDETarget":
         """Load a VP-SDE target folder: ``unet/`` (``weights='ema'``) or ``unet_raw/`` (``'raw'``), diffusers
         ``save_pretrained`` output with safetensors weights (class from config ``_class_name``: UNet2DModel or
-        UNet1DModel), ``sde.json`` (module docstring), and split.json / training.json as every target."""
-        import diffusers
-
+        UNet1DModel, or diffmia's WaveUNet1D), ``sde.json`` (module docstring), and split.json / training.json as
+        every target."""
         folder = TargetFolder.open(path)
         if not folder.sde_json.exists():
             raise TargetError(f"{folder.sde_json}: missing (a VP-SDE target folder needs it)")
@@ -141,7 +152,7 @@ class VPSDETarget(DiffusersTarget):
         if name not in UNET_CLASSES:
             raise TargetError(f"{unet_dir / 'config.json'}: _class_name must be one of {UNET_CLASSES}, got {name!r}")
         try:
-            model = getattr(diffusers, name).from_pretrained(unet_dir, use_safetensors=True, local_files_only=True,
+            model = model_class(name).from_pretrained(unet_dir, use_safetensors=True, local_files_only=True,
                                                              low_cpu_mem_usage=False)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
