@@ -1,5 +1,5 @@
 """The two audio targets (diffmia/train_audio.py, wave_unet.py) and the audio attack run (audio_attack.py,
-``diffmia train-audio`` / ``attack-audio``) on a corpus of 8 utterances (4 members). The attacks' separation
+``diffmia train-audio`` / ``attack-audio``) on a corpus of 12 utterances (4 members, 4 non-members). The attacks' separation
 on continuous-time targets is tested on the memorised VP-SDE fixture (tests/test_vpsde.py); the size of the
 mel vs waveform effect is a benchmark (benchmarks/AUDIO.md), not a test."""
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from diffmia.cli import main
+from diffmia.scores import Scores
 from diffmia.train_audio import build_model, model_data, steps_for, train_audio
 from diffmia.wave_unet import WaveUNet1D
 
-SMALL = dict(sentences=4, voices=("en-us",), speeds=(140, 175), n_members=4, seed=3)
+SMALL = dict(sentences=6, voices=("en-us",), speeds=(140, 175), n_members=4, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_both_targets_train_on_the_same_members_for_the_same_epochs(corpus_dir, 
         assert sorted(split["members"]) == sorted(c.members.tolist())
     shapes = {m: VPSDETarget.from_pretrained(targets / m, device="cpu").sample_shape for m in ("mel", "wave")}
     assert tuple(shapes["mel"]) == (1, 32, 32) and tuple(shapes["wave"]) == (1, 1, 4096)
-    assert model_data(c, "wave").shape == (8, 1, 1, 4096) and model_data(c, "mel").shape == (8, 1, 32, 32)
+    assert model_data(c, "wave").shape == (12, 1, 1, 4096) and model_data(c, "mel").shape == (12, 1, 32, 32)
 
 
 def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targets, tmp_path, monkeypatch, capsys):
@@ -89,7 +90,7 @@ def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targe
     r = json.loads((run / "metrics.json").read_text())
     assert r["modality"] == "wave" and r["n_members"] == 4 and r["n_nonmembers"] == 4
     assert set(r["attacks"]) == {"pia", "pian", "secmi", "loss"} and "pia" in out
-    first = {n: np.load(run / f"{n}.npz")["variant:" + r["attacks"][n]["variant"]] for n in r["attacks"]}
+    first = {n: Scores.load(run / f"{n}.npz").variants[r["attacks"][n]["variant"]] for n in r["attacks"]}
     calls = []
     orig = VPSDETarget.eps
     monkeypatch.setattr(VPSDETarget, "eps", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
@@ -97,7 +98,7 @@ def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targe
     assert calls == []                                         # every attack's features came from the cache
     again = json.loads((run / "metrics.json").read_text())
     for n in r["attacks"]:
-        assert np.array_equal(np.load(run / f"{n}.npz")["variant:" + again["attacks"][n]["variant"]], first[n])
+        assert np.array_equal(Scores.load(run / f"{n}.npz").variants[again["attacks"][n]["variant"]], first[n])
     assert (run / "roc_loglog.png").exists()
 
 
