@@ -72,6 +72,12 @@ def _as_data(data, model) -> torch.Tensor:
     return x
 
 
+def public_config(model) -> dict:
+    """The model's diffusers config as JSON, without its private entries (``_use_default_values`` is a list in
+    set order, which changes between processes, so a rerun would not recognise its own folder)."""
+    return {k: v for k, v in json.loads(json.dumps(dict(model.config), default=str)).items() if not k.startswith("_")}
+
+
 def train_vpsde(model, data, out_dir, *, ids, steps, batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.995,
                 checkpoint_every=200, seed=0, beta_min=0.1, beta_max=20.0, grid=1000, time_scale=1000.0,
                 max_steps_this_run=None, threads=None, device="cpu", progress=True, split=None, record=None) -> dict:
@@ -92,8 +98,7 @@ def train_vpsde(model, data, out_dir, *, ids, steps, batch_size=32, lr=1e-3, war
     one_d = type(model).__name__ in ONE_D_CLASSES
     cfg = VPSDETrainConfig(int(steps), int(batch_size), float(lr), int(warmup_steps), float(ema_decay),
                            int(checkpoint_every), int(seed), sde["beta_min"], sde["beta_max"], sde["grid"],
-                           sde["time_scale"], type(model).__name__, json.loads(json.dumps(dict(model.config),
-                                                                                           default=str)),
+                           sde["time_scale"], type(model).__name__, public_config(model),
                            list(x_all.shape), hashlib.sha256(x_all.numpy().tobytes()).hexdigest(),
                            device=str(device), threads=threads)
     dev = start_run(folder, cfg)
