@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("file", help="the study file (see benchmarks/study_small.toml)")
     st.add_argument("--out", default=None, help="output folder (default: the file's out); rerun to resume")
     st.add_argument("--only", default=None, help="comma-separated defences to run (default: all)")
+    st.add_argument("--jobs", type=int, default=None, help="targets trained at once (default: the file's jobs, 1)")
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=cmd_study)
 

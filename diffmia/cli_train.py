@@ -113,7 +113,7 @@ def cmd_study(a) -> int:
     from .study import run_study
 
     result = run_study(a.file, out=a.out, only=[s for s in (a.only or "").split(",") if s] or None,
-                       progress=not a.quiet)
+                       progress=not a.quiet, jobs=a.jobs)
     print(f"{len(result['rows'])} defences: {Path(result['out']) / 'STUDY.md'}, study.png, study.json")
     return 0
 

@@ -84,3 +84,25 @@ def test_the_shipped_presets_are_valid_studies(preset):
     assert {"none", "hflip", "cutout", "randaugment", "weight-decay", "dp-eps1", "dp-eps8", "dp-eps50",
             "long"} <= set(cfg.defences)
     assert [d["dp_epsilon"] for n, d in cfg.defences.items() if n.startswith("dp-")] == [50.0, 8.0, 1.0]
+
+
+def test_jobs_train_targets_side_by_side_with_the_weights_they_get_alone(tmp_path, capsys):
+    """--jobs 2 trains the targets in two processes; each target's weights are those of the sequential run
+    (same recipe, same thread count), so the table is the same."""
+    from safetensors.torch import load_file
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    assert main(["study", str(_study(one)), "--quiet"]) == 0
+    assert main(["study", str(_study(two)), "--quiet", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 at a time, 1 thread(s) each" in out and out.count("[study] trained ") == 3
+    for name in ("none", "hflip", "members-6"):
+        w1 = load_file(one / "study" / "targets" / name / "unet" / "diffusion_pytorch_model.safetensors")
+        w2 = load_file(two / "study" / "targets" / name / "unet" / "diffusion_pytorch_model.safetensors")
+        assert w1.keys() == w2.keys() and all(w1[k].equal(w2[k]) for k in w1)
+    r1 = json.loads((one / "study" / "study.json").read_text())["rows"]
+    r2 = json.loads((two / "study" / "study.json").read_text())["rows"]
+    assert {n: r["attacks"] for n, r in r1.items()} == {n: r["attacks"] for n, r in r2.items()}
+    assert main(["study", str(_study(two)), "--jobs", "0"]) == 2
+    assert "jobs must be a positive integer" in capsys.readouterr().err
