@@ -13,10 +13,15 @@ from .data import MembershipSplit, load_dataset, to_model_input
 from .data.captions import CONDITIONS, captions_for, load_captions
 from .errors import DataError, DiffmiaError, SplitError
 from .targets import TargetFolder
+from .targets.vpsde import ONE_D_CLASSES
 
 
 def prepare_data(cfg: RunConfig):
-    split_path = cfg.split or str(TargetFolder(cfg.target).split_path)
+    folder = TargetFolder(cfg.target)
+    if folder.is_vpsde and folder.unet_config(cfg.weights).get("_class_name") in ONE_D_CLASSES:
+        raise DiffmiaError(f"{cfg.target}: a 1-D (waveform) target takes audio, not images; attack it with "
+                           f"diffmia attack-audio --target {cfg.target} --corpus CORPUS")
+    split_path = cfg.split or str(folder.split_path)
     split = MembershipSplit.load(split_path)
     try:
         split = split.limit(cfg.n_members, cfg.n_nonmembers)

@@ -112,3 +112,10 @@ def test_attack_audio_refuses_bad_input_in_one_line(corpus_dir, targets, memoris
     assert main(["train-audio", "--corpus", str(corpus_dir), "--modality", "mel", "--out", str(tmp_path / "t"),
                  "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_image_attack_on_a_waveform_target_points_to_attack_audio(targets, tmp_path, capsys):
+    assert main(["attack", "--target", str(targets / "wave"), "--attacks", "pia", "--out", str(tmp_path / "r"),
+                 "--n-boot", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "a 1-D (waveform) target takes audio, not images" in err and "attack-audio" in err
