@@ -19,16 +19,9 @@ import numpy as np
 from . import protocol
 from .errors import DiffmiaError
 from .scores import Scores, load_npz, save_npz
+from .targets.pytorch_ddpm import sha256_file
 
 AUDIO_ATTACKS = ("pia", "pian", "secmi", "loss")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def evaluation_rows(corpus, n_nonmembers: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +64,7 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
         raise DiffmiaError(f"{target_dir}: the target takes samples of shape {tuple(target.sample_shape)}, the "
                            f"corpus' {modality} samples are {tuple(data.shape[1:])}")
     weights_file = next(iter(sorted((target_dir / ("unet" if weights == "ema" else "unet_raw")).glob("*.safetensors"))))
-    key_base = {"weights": _sha256(weights_file), "samples": hashlib.sha256(data.tobytes()).hexdigest(),
+    key_base = {"weights": sha256_file(weights_file), "samples": hashlib.sha256(data.tobytes()).hexdigest(),
                 "ids": hashlib.sha256(ids.tobytes()).hexdigest()}
     (out / "features").mkdir(parents=True, exist_ok=True)
     calib = protocol.calibration_split(is_member, calibration_fraction, seed)
