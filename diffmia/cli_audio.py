@@ -34,6 +34,8 @@ def add_audio_commands(sub) -> None:
     a.add_argument("--corpus", required=True)
     a.add_argument("--out", required=True, help="run folder (rerun: cached features are reused)")
     a.add_argument("--attacks", default=",".join(AUDIO_ATTACKS), help=f"default {','.join(AUDIO_ATTACKS)}")
+    a.add_argument("--param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                   help="attack parameter, e.g. pia.t=0.01,0.05,0.2 (timesteps as fractions of T); repeatable")
     a.add_argument("--n-nonmembers", type=int, default=None, help="default: every non-member of the split")
     a.add_argument("--calibration-fraction", type=float, default=0.5)
     a.add_argument("--seed", type=int, default=0)
@@ -71,6 +73,7 @@ def cmd_attack_audio(a) -> int:
     import torch
 
     from .audio_attack import attack_audio
+    from .cli import parse_params
     from .metrics import fmt
 
     _positive(a, "n_boot", "batch_size", "threads")
@@ -81,7 +84,7 @@ def cmd_attack_audio(a) -> int:
     attacks = [s.strip() for s in a.attacks.split(",") if s.strip()]
     if not attacks:
         raise DiffmiaError("--attacks must be a non-empty comma-separated list of attack names")
-    r = attack_audio(a.target, a.corpus, a.out, attacks=attacks, n_nonmembers=a.n_nonmembers,
+    r = attack_audio(a.target, a.corpus, a.out, attacks=attacks, params=parse_params(a.param), n_nonmembers=a.n_nonmembers,
                      calibration_fraction=a.calibration_fraction, seed=a.seed, n_boot=a.n_boot,
                      weights=a.weights, batch_size=a.batch_size, device=a.device)
     print(f"{r['modality']} target {a.target}: {r['n_members']} members, {r['n_nonmembers']} non-members "
