@@ -58,7 +58,7 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
     corpus = load_audio_corpus(corpus_dir)
     ids, is_member = evaluation_rows(corpus, n_nonmembers)
     pos = {int(i): k for k, i in enumerate(corpus.ids)}
-    data = model_data(corpus, modality)[[pos[int(i)] for i in ids]]
+    data = model_data(corpus, modality, float(record.get("scale", 1.0)))[[pos[int(i)] for i in ids]]
     target = VPSDETarget.from_pretrained(target_dir, weights=weights, device=device, batch_size=batch_size)
     if tuple(data.shape[1:]) != tuple(target.sample_shape):
         raise DiffmiaError(f"{target_dir}: the target takes samples of shape {tuple(target.sample_shape)}, the "
@@ -68,7 +68,7 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
                 "ids": hashlib.sha256(ids.tobytes()).hexdigest()}
     (out / "features").mkdir(parents=True, exist_ok=True)
     calib = protocol.calibration_split(is_member, calibration_fraction, seed)
-    report = {"target": str(target_dir), "modality": modality, "corpus": str(corpus_dir), "weights": weights,
+    report = {"target": str(target_dir), "modality": modality, "scale": float(record.get("scale", 1.0)), "corpus": str(corpus_dir), "weights": weights,
               "n_members": int(is_member.sum()), "n_nonmembers": int((~is_member).sum()),
               "sample_shape": list(data.shape[1:]), "seed": seed, "attacks": {}}
     all_scores = {}

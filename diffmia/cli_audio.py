@@ -17,6 +17,8 @@ def add_audio_commands(sub) -> None:
     t.add_argument("--modality", required=True, choices=MODALITIES)
     t.add_argument("--out", required=True, help="target folder")
     t.add_argument("--epochs", type=int, default=2000, help="passes over the members (default 2000)")
+    t.add_argument("--scale", type=float, default=1.0, help="multiply every sample by this (default 1; e.g. 4 gives "
+                                                            "the waveforms the mel-spectrograms' std)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--warmup-steps", type=int, default=50)
@@ -61,7 +63,7 @@ def cmd_train_audio(a) -> int:
     r = train_audio(a.corpus, a.modality, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                     warmup_steps=a.warmup_steps, ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every,
                     seed=a.seed, threads=a.threads, device=a.device, max_steps_this_run=a.max_steps_this_run,
-                    progress=not a.quiet, command="diffmia " + shlex.join(a.argv))
+                    progress=not a.quiet, command="diffmia " + shlex.join(a.argv), scale=a.scale)
     if r and r.get("finished", r.get("steps") is not None):
         print(f"{a.modality} target written to {a.out}: {r.get('steps')} steps, {r.get('parameters', '?')} parameters")
     else:

@@ -45,12 +45,11 @@ def build_model(modality: str, size: int):
     raise DiffmiaError(f"--modality must be one of {MODALITIES}, got {modality!r}")
 
 
-def model_data(corpus, modality: str) -> np.ndarray:
+def model_data(corpus, modality: str, scale: float = 1.0) -> np.ndarray:
     """The corpus' samples as the target of ``modality`` takes them: N x 1 x 32 x 32 (mel) or
-    N x 1 x 1 x L (waveform; a 1-D sample with H = 1)."""
-    if modality == "mel":
-        return np.ascontiguousarray(corpus.mel[:, None], dtype=np.float32)
-    return np.ascontiguousarray(corpus.wave[:, None, None, :], dtype=np.float32)
+    N x 1 x 1 x L (waveform; a 1-D sample with H = 1), times ``scale`` (the target's recorded data scale)."""
+    x = corpus.mel[:, None] if modality == "mel" else corpus.wave[:, None, None, :]
+    return np.ascontiguousarray(x * np.float32(scale), dtype=np.float32)
 
 
 def steps_for(epochs: int, n_members: int, batch_size: int) -> int:
@@ -61,15 +60,19 @@ def steps_for(epochs: int, n_members: int, batch_size: int) -> int:
 def train_audio(corpus_dir, modality: str, out, *, epochs: int = 2000, batch_size: int = 32, lr: float = 1e-3,
                 warmup_steps: int = 50, ema_decay: float = 0.995, checkpoint_every: int = 200, seed: int = 0,
                 threads: int | None = None, device: str = "cpu", max_steps_this_run: int | None = None,
-                progress: bool = True, command: str | None = None) -> dict:
-    """Train the ``modality`` target on the members of the corpus in ``corpus_dir``; rerun to resume."""
+                progress: bool = True, command: str | None = None, scale: float = 1.0) -> dict:
+    """Train the ``modality`` target on the members of the corpus in ``corpus_dir``; rerun to resume. ``scale``
+    multiplies every sample (recorded in training.json; attack-audio applies it): e.g. 4 gives the waveforms
+    (std 0.11) the mel-spectrograms' spread (std 0.45), to compare the modalities at one signal level."""
     from .data.audio_corpus import load_audio_corpus
     from .train_vpsde import train_vpsde
 
     if modality not in MODALITIES:
         raise DiffmiaError(f"--modality must be one of {MODALITIES}, got {modality!r}")
     corpus = load_audio_corpus(corpus_dir)
-    data = model_data(corpus, modality)
+    if not (np.isfinite(scale) and scale > 0):
+        raise DiffmiaError(f"--scale must be a positive number, got {scale}")
+    data = model_data(corpus, modality, scale)
     members = np.asarray(corpus.members, dtype=np.int64)
     pos = {int(i): k for k, i in enumerate(corpus.ids)}
     rows = np.array([pos[int(i)] for i in members])
@@ -77,7 +80,7 @@ def train_audio(corpus_dir, modality: str, out, *, epochs: int = 2000, batch_siz
     model = build_model(modality, size)
     split_file = Path(corpus_dir) / "split.json"
     split = json.loads(split_file.read_text())
-    record = {"modality": modality, "epochs": epochs, "n_members": len(members),
+    record = {"modality": modality, "scale": float(scale), "data_std": float(data[rows].std()), "epochs": epochs, "n_members": len(members),
               "corpus": str(Path(corpus_dir).resolve()),
               "corpus_split_sha256": hashlib.sha256(split_file.read_bytes()).hexdigest(),
               "sample_shape": list(data.shape[1:]), "command": command}

@@ -119,3 +119,29 @@ def test_image_attack_on_a_waveform_target_points_to_attack_audio(targets, tmp_p
                  "--n-boot", "1"]) == 2
     err = capsys.readouterr().err
     assert "a 1-D (waveform) target takes audio, not images" in err and "attack-audio" in err
+
+
+def test_a_scaled_waveform_target_is_trained_and_attacked_at_its_scale(corpus_dir, tmp_path, monkeypatch):
+    """--scale 4 multiplies the waveforms for training (recorded) and attack-audio feeds the model the same
+    scaled samples."""
+    from diffmia.data.audio_corpus import load_audio_corpus
+    from diffmia.targets.vpsde import VPSDETarget
+
+    c = load_audio_corpus(corpus_dir)
+    t = tmp_path / "wave4"
+    assert main(["train-audio", "--corpus", str(corpus_dir), "--modality", "wave", "--out", str(t), "--epochs", "1",
+                 "--batch-size", "4", "--scale", "4", "--threads", "1", "--quiet"]) == 0
+    rec = json.loads((t / "training.json").read_text())
+    members = np.sort(c.members)
+    assert rec["scale"] == 4.0 and rec["data_std"] == pytest.approx(4 * float(c.wave[members].std()), rel=1e-5)
+    seen = []
+    orig = VPSDETarget.eps
+    monkeypatch.setattr(VPSDETarget, "eps", lambda self, x, *a, **k: seen.append(float(x.abs().max()))
+                        or orig(self, x, *a, **k))
+    assert main(["attack-audio", "--target", str(t), "--corpus", str(corpus_dir), "--out", str(tmp_path / "r"),
+                 "--attacks", "pia", "--n-boot", "5", "--batch-size", "64"]) == 0
+    rows = np.r_[c.members, c.nonmembers]
+    assert seen[0] == pytest.approx(4 * float(np.abs(c.wave[rows]).max()), rel=1e-6)   # PIA's eps(x0, 0) query
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["scale"] == 4.0
+    assert main(["train-audio", "--corpus", str(corpus_dir), "--modality", "wave", "--out", str(tmp_path / "x"),
+                 "--scale", "0"]) == 2
