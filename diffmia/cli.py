@@ -1,5 +1,5 @@
-"""``diffmia`` command line: train | train-sd | train-references | train-features | study | audio-corpus | attack |
-report | list | split | convert | demo.
+"""``diffmia`` command line: train | train-sd | train-references | train-features | study | audio-corpus |
+train-audio | attack-audio | attack | report | list | split | convert | demo.
 
 A user mistake (missing file, unknown attack, bad option) prints one line ``diffmia: error: ...`` and
 exits with status 2; nothing already computed is lost (features are cached per chunk in the run folder).
