@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-nonmembers", type=int, default=None)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the result files (e.g. x4 for a rescaled waveform target)")
     a = p.parse_args(argv)
+    tag = f"-{a.tag}" if a.tag else ""
     reports, scores = {}, {}
     for modality, target in (("mel", a.mel), ("wave", a.wave)):
         run = Path(a.out) / modality
@@ -73,8 +75,8 @@ def main(argv=None) -> int:
         diffs[n] = paired_auc_difference(sm.is_member[test], vm, vw, seed=a.seed)
     out = {"reports": reports, "mel_minus_wave_auc": diffs}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "audio.json").write_text(json.dumps(out, indent=1, default=float))
-    figure(reports, scores, HERE / "audio_roc_loglog.png")
+    (HERE / "results" / f"audio{tag}.json").write_text(json.dumps(out, indent=1, default=float))
+    figure(reports, scores, HERE / f"audio_roc_loglog{tag}.png")
     print(tables(reports, diffs))
     return 0
 
@@ -99,7 +101,8 @@ def figure(reports, scores, path: Path) -> None:
         grid = np.logspace(np.log10(lo), 0, 100)
         ax.plot(grid, grid, "k:", lw=0.8, label="chance")
         ax.set(xscale="log", yscale="log", xlim=(lo, 1), ylim=(lo, 1.02), xlabel="false positive rate (test half)",
-               title=f"{modality} target ({reports[modality]['n_members']} members)")
+               title=f"{modality} target ({reports[modality]['n_members']} members"
+                     + (f", samples x {reports[modality]['scale']:g})" if reports[modality]["scale"] != 1 else ")"))
         ax.axvline(0.01, color="grey", lw=0.5)
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel("true positive rate (test half)")
