@@ -64,10 +64,10 @@ def cmd_train_audio(a) -> int:
                     warmup_steps=a.warmup_steps, ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every,
                     seed=a.seed, threads=a.threads, device=a.device, max_steps_this_run=a.max_steps_this_run,
                     progress=not a.quiet, command="diffmia " + shlex.join(a.argv), scale=a.scale)
-    if r and r.get("finished", r.get("steps") is not None):
-        print(f"{a.modality} target written to {a.out}: {r.get('steps')} steps, {r.get('parameters', '?')} parameters")
+    if r["complete"]:
+        print(f"{a.modality} target written to {a.out}: {r['steps']} steps, {r['parameters']} parameters")
     else:
-        print(f"checkpoint saved in {a.out}; run the same command again to continue")
+        print(f"checkpoint saved in {a.out} at step {r['steps']}; run the same command again to continue")
     return 0
 
 

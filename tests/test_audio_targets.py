@@ -145,3 +145,13 @@ def test_a_scaled_waveform_target_is_trained_and_attacked_at_its_scale(corpus_di
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["scale"] == 4.0
     assert main(["train-audio", "--corpus", str(corpus_dir), "--modality", "wave", "--out", str(tmp_path / "x"),
                  "--scale", "0"]) == 2
+
+
+def test_train_audio_stopped_early_says_how_to_continue(corpus_dir, tmp_path, capsys):
+    args = ["train-audio", "--corpus", str(corpus_dir), "--modality", "mel", "--out", str(tmp_path / "m"),
+            "--epochs", "2", "--batch-size", "4", "--checkpoint-every", "1", "--threads", "1", "--quiet"]
+    assert main(args + ["--max-steps-this-run", "1"]) == 0
+    assert "at step 1; run the same command again to continue" in capsys.readouterr().out
+    assert not (tmp_path / "m" / "unet").exists()
+    assert main(args) == 0
+    assert "mel target written to" in capsys.readouterr().out and (tmp_path / "m" / "unet").is_dir()
