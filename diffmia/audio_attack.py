@@ -56,6 +56,12 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
     if modality is None:
         raise DiffmiaError(f"{record_file}: no 'modality' recorded; train the target with diffmia train-audio")
     corpus = load_audio_corpus(corpus_dir)
+    split_file = Path(corpus_dir) / "split.json"
+    trained_on = record.get("corpus_split_sha256")
+    if trained_on and hashlib.sha256(split_file.read_bytes()).hexdigest() != trained_on:
+        raise DiffmiaError(f"{target_dir} was trained on another corpus split than {split_file} (its training.json "
+                           f"records split SHA-256 {trained_on[:12]}...; corpus {record.get('corpus')}): its members "
+                           "would be scored as the wrong ones; pass the corpus it was trained on")
     ids, is_member = evaluation_rows(corpus, n_nonmembers)
     pos = {int(i): k for k, i in enumerate(corpus.ids)}
     data = model_data(corpus, modality, float(record.get("scale", 1.0)))[[pos[int(i)] for i in ids]]

@@ -155,3 +155,17 @@ def test_train_audio_stopped_early_says_how_to_continue(corpus_dir, tmp_path, ca
     assert not (tmp_path / "m" / "unet").exists()
     assert main(args) == 0
     assert "mel target written to" in capsys.readouterr().out and (tmp_path / "m" / "unet").is_dir()
+
+
+def test_attack_audio_refuses_a_corpus_whose_split_the_target_was_not_trained_on(corpus_dir, targets, tmp_path,
+                                                                                  capsys):
+    other = tmp_path / "other"
+    shutil.copytree(corpus_dir, other)
+    split = json.loads((other / "split.json").read_text())
+    for a, b in (("members", "nonmembers"), ("member_sha256", "nonmember_sha256")):
+        split[a], split[b] = split[b], split[a]                   # a valid split, but not the target's
+    (other / "split.json").write_text(json.dumps(split))
+    assert main(["attack-audio", "--target", str(targets / "mel"), "--corpus", str(other), "--out",
+                 str(tmp_path / "r"), "--n-boot", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on another corpus split" in err and len(err.strip().splitlines()) == 1

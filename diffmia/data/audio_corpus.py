@@ -9,9 +9,10 @@ A corpus folder holds:
   arguments give a byte-identical file on one machine.
 * ``corpus.json``: every parameter and constant, the espeak-ng / librosa / scipy / numpy versions, each
   item's speech onset and the SHA-256 of its ``wave`` row's bytes (float32 little-endian).
-* ``split.json``: a ``MembershipSplit`` (diffmia/data/splits.py) over the ids: ``n_members`` members drawn
-  by ``numpy.random.default_rng(seed).permutation`` (its first ``n_members``), the rest non-members, with
-  the same SHA-256 per id. ``load_audio_corpus`` checks those hashes against ``corpus.npz``.
+* ``split.json``: a ``MembershipSplit`` (diffmia/data/splits.py) over the ids, drawn by sentence
+  (:func:`draw_split`): one rendering of each of ``n_members`` seeded sentences is a member, every rendering of
+  the other sentences a non-member, so no sentence is on both sides; with the same SHA-256 per id.
+  ``load_audio_corpus`` checks those hashes against ``corpus.npz``.
 """
 
 from __future__ import annotations
