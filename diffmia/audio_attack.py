@@ -90,6 +90,10 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
         if feats is None:
             target.queries = 0
             feats = atk.features(target, data, seeds=ids)
+            bad = [k for k, v in feats.items() if not np.isfinite(np.asarray(v, dtype=np.float64)).all()]
+            if bad:
+                raise DiffmiaError(f"{name}: the model at {target_dir} answered non-finite values ({bad[0]}); "
+                                   "the other attacks' cached features are kept")
             save_npz(cache, feats, {"key": key, "queries": target.queries})
         variants = protocol.attack_scores(atk, feats, is_member, calib, seed=seed)
         sc = Scores(name, ids, is_member, calib, variants, atk.get_params())

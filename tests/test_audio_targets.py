@@ -169,3 +169,20 @@ def test_attack_audio_refuses_a_corpus_whose_split_the_target_was_not_trained_on
                  str(tmp_path / "r"), "--n-boot", "5"]) == 2
     err = capsys.readouterr().err
     assert "was trained on another corpus split" in err and len(err.strip().splitlines()) == 1
+
+
+def test_attack_audio_names_a_nan_model_and_keeps_finished_features(corpus_dir, targets, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(targets / "mel", bad)
+    f = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    w = load_file(f)
+    w["conv_out.bias"] = torch.full_like(w["conv_out.bias"], float("nan"))
+    save_file(w, f)
+    run = tmp_path / "r"
+    assert main(["attack-audio", "--target", str(bad), "--corpus", str(corpus_dir), "--out", str(run),
+                 "--n-boot", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "pia: the model" in err and "non-finite" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "features" / "pia.npz").exists()          # nothing wrong is cached
