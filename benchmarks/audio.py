@@ -23,6 +23,7 @@ import numpy as np
 
 from diffmia import metrics
 from diffmia.audio_attack import AUDIO_ATTACKS, attack_audio
+from diffmia.data.audio_corpus import load_audio_corpus
 from diffmia.report import chosen_variant
 from diffmia.scores import Scores
 
@@ -34,13 +35,14 @@ SWEEP = [0.01, 0.02, 0.05, 0.1, 0.2]
 PARAMS = {"pia": {"t": SWEEP}, "pian": {"t": SWEEP}, "loss": {"timesteps": SWEEP}}
 
 
-def paired_auc_difference(y, a, b, n_boot: int = 2000, seed: int = 0) -> dict:
-    """AUC(a) - AUC(b) on the same rows, with a 95% stratified paired bootstrap interval."""
+def paired_auc_difference(y, a, b, groups, n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUC(a) - AUC(b) on the same rows, with a 95% paired bootstrap interval that resamples whole sentences
+    (``groups``), members and non-members separately."""
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    pos, neg = metrics.group_rows(y, groups)
     diffs = []
     for _ in range(n_boot):
-        rows = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        rows = np.concatenate([side[k] for side in (pos, neg) for k in rng.integers(0, len(side), len(side))])
         diffs.append(metrics.auc(y[rows], a[rows]) - metrics.auc(y[rows], b[rows]))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"difference": metrics.auc(y, a) - metrics.auc(y, b), "ci": [float(lo), float(hi)],
@@ -64,7 +66,11 @@ def main(argv=None) -> int:
         run = Path(a.out) / modality
         reports[modality] = attack_audio(target, a.corpus, run, params=PARAMS, n_nonmembers=a.n_nonmembers,
                                          n_boot=a.n_boot, seed=a.seed)
-        scores[modality] = {n: Scores.load(run / f"{n}.npz") for n in AUDIO_ATTACKS}
+        scores[modality] = {n: Scores.load(run / f"{n}.npz") for n in reports[modality]["attacks"]}
+    corpus = load_audio_corpus(a.corpus)
+    text = dict(zip(corpus.ids.tolist(), corpus.text.tolist()))
+    ids = scores["mel"]["pia"].ids
+    sentences = np.unique([text[i] for i in ids.tolist()], return_inverse=True)[1]
     diffs = {}
     for n in AUDIO_ATTACKS:
         sm, sw = scores["mel"][n], scores["wave"][n]
@@ -72,7 +78,7 @@ def main(argv=None) -> int:
         test = ~sm.calibration
         vm = chosen_variant(reports["mel"], n, sm)[1][test]
         vw = chosen_variant(reports["wave"], n, sw)[1][test]
-        diffs[n] = paired_auc_difference(sm.is_member[test], vm, vw, seed=a.seed)
+        diffs[n] = paired_auc_difference(sm.is_member[test], vm, vw, sentences[test], seed=a.seed)
     out = {"reports": reports, "mel_minus_wave_auc": diffs}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"audio{tag}.json").write_text(json.dumps(out, indent=1, default=float))
@@ -90,11 +96,12 @@ def figure(reports, scores, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharey=True)
     for ax, modality in zip(axes, ("mel", "wave")):
         n_neg = 1
-        for i, n in enumerate(AUDIO_ATTACKS):
+        for i, n in enumerate(scores[modality]):
             sc = scores[modality][n]
             test = ~sc.calibration
             fpr, tpr, _ = metrics.roc(sc.is_member[test], chosen_variant(reports[modality], n, sc)[1][test])
-            ax.plot(fpr, tpr, lw=1.4, color=plt.get_cmap("tab10")(i),
+            style = dict(color="grey", ls="--") if n == "blind" else dict(color=plt.get_cmap("tab10")(i))
+            ax.plot(fpr, tpr, lw=1.4, **style,
                     label=f"{n} (AUC {reports[modality]['attacks'][n]['auc']:.3f})")
             n_neg = int((~sc.is_member[test]).sum())
         lo = 1.0 / n_neg
@@ -120,6 +127,13 @@ def tables(reports, diffs) -> str:
         lines.append(f"| {n} | {f(m['auc'])} [{f(m['auc_ci'][0], 2)}, {f(m['auc_ci'][1], 2)}] | "
                      f"{f(m['tpr_at_1pct_fpr'])} | {f(w['auc'])} [{f(w['auc_ci'][0], 2)}, {f(w['auc_ci'][1], 2)}] | "
                      f"{f(w['tpr_at_1pct_fpr'])} | {d['difference']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] |")
+    b = reports["mel"]["attacks"].get("blind")
+    if b:            # the same rows and log-mels on both targets: one number
+        lines.append(f"| blind (never queries) | {f(b['auc'])} [{f(b['auc_ci'][0], 2)}, {f(b['auc_ci'][1], 2)}] | "
+                     f"{f(b['tpr_at_1pct_fpr'])} | same rows, same scores | | |")
+    sh = reports["mel"]["shift"]
+    lines += ["", f"Shift test (log-mels, one rendering per sentence): MMD^2 {sh['mmd2']:.2e}, permutation p = "
+                  f"{sh['p_value']:.3f}; warnings: {reports['mel']['warnings'] + reports['wave']['warnings'] or 'none'}"]
     lines += ["", "| target | attack | variant (chosen on calibration) | empirical eps >= | queries/sample | s |",
               "|---|---|---|---|---|---|"]
     for modality in ("mel", "wave"):

@@ -5,6 +5,17 @@ run folder, keyed by the attack's parameters, the target's weights and the sampl
 the calibration/test protocol (variant and thresholds chosen on a seeded calibration half, numbers on the test
 half, bootstrap CIs, empirical epsilon) -> metrics.json, per-sample scores (.npz/.csv), ROC figures.
 Scores are oriented by each attack's definition (higher = member) and never flipped.
+
+The rows are grouped by sentence (``GROUPS``): a non-member sentence has eight renderings, near-copies of one
+another; split row by row, a learned attack could learn a sentence from its calibration renderings and
+recognise it in the test half, and a row bootstrap would count eight correlated rows as eight draws.
+
+Is the split itself shifted? As for images, every run adds the blind baseline (``blind``: a logistic
+regression fitted on the calibration half, never querying the target) and the MMD permutation test between
+member and non-member samples (``shift`` in metrics.json), with a warning when either finds a difference. Both
+see each segment's log-mel-spectrogram from the corpus, whichever representation the target models: membership
+is a property of the corpus split, so the same rows get the same blind scores on the mel and the waveform target
+(a waveform's raw samples, with their arbitrary phase, would make a weaker and so less honest blind baseline).
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from .scores import Scores, load_npz, save_npz
 from .targets.pytorch_ddpm import sha256_file
 
 AUDIO_ATTACKS = ("pia", "pian", "secmi", "loss")
+GROUPS = ("by sentence: a sentence's renderings (voices, speeds) are all in the calibration half or all in the test "
+          "half, bootstrap CIs resample sentences, the shift test takes one rendering per sentence")
 
 
 def evaluation_rows(corpus, n_nonmembers: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +52,10 @@ def evaluation_rows(corpus, n_nonmembers: int | None) -> tuple[np.ndarray, np.nd
 
 def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: dict | None = None,
                  n_nonmembers: int | None = None, calibration_fraction: float = 0.5, seed: int = 0,
-                 n_boot: int = 1000, weights: str = "ema", batch_size: int = 256, device: str = "cpu") -> dict:
-    """Run ``attacks`` on the audio target in ``target_dir``; results in ``out`` (rerun: cached features reused)."""
+                 n_boot: int = 1000, weights: str = "ema", batch_size: int = 256, device: str = "cpu",
+                 blind: bool = True) -> dict:
+    """Run ``attacks`` on the audio target in ``target_dir``; results in ``out`` (rerun: cached features reused).
+    ``blind``: add the blind baseline (on the segments' log-mels; see the module docstring)."""
     from .data.audio_corpus import load_audio_corpus
     from .report import plot_rocs
     from .run import make_attack
@@ -64,7 +79,10 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
                            "would be scored as the wrong ones; pass the corpus it was trained on")
     ids, is_member = evaluation_rows(corpus, n_nonmembers)
     pos = {int(i): k for k, i in enumerate(corpus.ids)}
-    data = model_data(corpus, modality, float(record.get("scale", 1.0)))[[pos[int(i)] for i in ids]]
+    rows = [pos[int(i)] for i in ids]
+    data = model_data(corpus, modality, float(record.get("scale", 1.0)))[rows]
+    mels = model_data(corpus, "mel")[rows]                     # what the blind baseline and the shift test see
+    groups = np.unique(corpus.text[rows], return_inverse=True)[1]   # the sentence of each row
     target = VPSDETarget.from_pretrained(target_dir, weights=weights, device=device, batch_size=batch_size)
     if tuple(data.shape[1:]) != tuple(target.sample_shape):
         raise DiffmiaError(f"{target_dir}: the target takes samples of shape {tuple(target.sample_shape)}, the "
@@ -73,14 +91,18 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
     key_base = {"weights": sha256_file(weights_file), "samples": hashlib.sha256(data.tobytes()).hexdigest(),
                 "ids": hashlib.sha256(ids.tobytes()).hexdigest()}
     (out / "features").mkdir(parents=True, exist_ok=True)
-    calib = protocol.calibration_split(is_member, calibration_fraction, seed)
+    calib = protocol.calibration_split(is_member, calibration_fraction, seed, groups=groups)
     report = {"target": str(target_dir), "modality": modality, "scale": float(record.get("scale", 1.0)), "corpus": str(corpus_dir), "weights": weights,
               "n_members": int(is_member.sum()), "n_nonmembers": int((~is_member).sum()),
-              "sample_shape": list(data.shape[1:]), "seed": seed, "attacks": {}}
+              "sample_shape": list(data.shape[1:]), "seed": seed, "groups": GROUPS, "attacks": {}}
     all_scores = {}
+    attacks = [n for n in attacks if n != "blind"] + (["blind"] if blind or "blind" in attacks else [])
     for name in attacks:
         atk = make_attack(name, (params or {}).get(name))
         key = {**key_base, "attack": name, "params": atk.get_params()}
+        if name == "blind":     # never queries the target: keyed by the log-mels it sees, not by the weights
+            key = {"attack": name, "params": atk.get_params(), "samples": hashlib.sha256(mels.tobytes()).hexdigest(),
+                   "ids": key_base["ids"]}
         cache = out / "features" / f"{name}.npz"
         feats = None
         if cache.exists():
@@ -89,20 +111,21 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
         start = time.perf_counter()
         if feats is None:
             target.queries = 0
-            feats = atk.features(target, data, seeds=ids)
+            feats = atk.features(None, mels, seeds=ids) if name == "blind" else atk.features(target, data, seeds=ids)
             bad = [k for k, v in feats.items() if not np.isfinite(np.asarray(v, dtype=np.float64)).all()]
             if bad:
                 raise DiffmiaError(f"{name}: the model at {target_dir} answered non-finite values ({bad[0]}); "
                                    "the other attacks' cached features are kept")
             save_npz(cache, feats, {"key": key, "queries": target.queries})
-        variants = protocol.attack_scores(atk, feats, is_member, calib, seed=seed)
+        variants = protocol.attack_scores(atk, feats, is_member, calib, seed=seed, groups=groups)
         sc = Scores(name, ids, is_member, calib, variants, atk.get_params())
         sc.save(out)
         all_scores[name] = sc
-        r = protocol.evaluate(variants, is_member, calib, n_boot=n_boot, seed=seed)
+        r = protocol.evaluate(variants, is_member, calib, n_boot=n_boot, seed=seed, groups=groups)
         r["queries_per_sample"] = atk.queries_per_sample(target.num_train_timesteps)
         r["seconds"] = round(time.perf_counter() - start, 2)
         report["attacks"][name] = r
+    report.update(protocol.shift_check(mels, is_member, report["attacks"], groups=groups))
     (out / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     report["figures"] = plot_rocs(report, all_scores, out)
     return report

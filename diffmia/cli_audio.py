@@ -43,6 +43,8 @@ def add_audio_commands(sub) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--n-boot", type=int, default=1000)
     a.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    a.add_argument("--no-blind", action="store_true", help="do not add the blind baseline (which never queries "
+                   "the target; the MMD shift test still runs)")
     a.add_argument("--batch-size", type=int, default=256)
     a.add_argument("--device", default="cpu")
     a.add_argument("--threads", type=int, default=None)
@@ -88,12 +90,16 @@ def cmd_attack_audio(a) -> int:
         raise DiffmiaError("--attacks must be a non-empty comma-separated list of attack names")
     r = attack_audio(a.target, a.corpus, a.out, attacks=attacks, params=parse_params(a.param), n_nonmembers=a.n_nonmembers,
                      calibration_fraction=a.calibration_fraction, seed=a.seed, n_boot=a.n_boot,
-                     weights=a.weights, batch_size=a.batch_size, device=a.device)
+                     weights=a.weights, batch_size=a.batch_size, device=a.device, blind=not a.no_blind)
     print(f"{r['modality']} target {a.target}: {r['n_members']} members, {r['n_nonmembers']} non-members "
           f"(half of each for calibration)")
     for name, m in r["attacks"].items():
         lo, hi = m["auc_ci"]
         print(f"  {name:6s} AUC {fmt(m['auc'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]  TPR@1%FPR {fmt(m['tpr_at_1pct_fpr'])}  "
               f"({m['variant']})")
+    sh = r["shift"]
+    print(f"  shift test (log-mels, members vs non-members): MMD^2 {sh['mmd2']:.2e}, permutation p = {sh['p_value']:.3f}")
+    for w in r["warnings"]:
+        print(f"WARNING: {w}")
     print(f"results in {a.out}/metrics.json, roc.png, roc_loglog.png")
     return 0

@@ -113,14 +113,35 @@ def rates_at(y_true, y_score, threshold: float) -> dict:
             "fpr": fpr, "fpr_ci": clopper_pearson(fp, n_neg)}
 
 
-def bootstrap_ci(metric, y_true, y_score, n_boot: int = 1000, level: float = 0.95, seed: int = 0):
-    """Seeded stratified bootstrap interval (members and non-members resampled separately)."""
+def group_rows(y_true, groups) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The rows of each member group and of each non-member group (groups in sorted order); a group holding
+    both members and non-members is refused."""
+    y_true, groups = np.asarray(y_true).astype(bool), np.asarray(groups)
+    if groups.shape != y_true.shape:
+        raise DiffmiaError(f"got {len(groups)} group labels for {len(y_true)} samples")
+    out = ([], [])
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        if y_true[rows].any() and not y_true[rows].all():
+            raise DiffmiaError(f"group {g} holds both members and non-members: a group must be on one side")
+        out[0 if y_true[rows[0]] else 1].append(rows)
+    return out
+
+
+def bootstrap_ci(metric, y_true, y_score, n_boot: int = 1000, level: float = 0.95, seed: int = 0, groups=None):
+    """Seeded stratified bootstrap interval (members and non-members resampled separately). With ``groups``
+    (one label per sample, e.g. the sentence of an utterance), a cluster bootstrap: whole groups are resampled,
+    so that correlated samples (renderings of one sentence) do not pass for independent ones."""
     y_true, y_score = _check(y_true, y_score)
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y_true), np.flatnonzero(~y_true)
+    pos_groups, neg_groups = group_rows(y_true, groups) if groups is not None else ([], [])
     vals = []
     for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        if groups is None:
+            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        else:
+            idx = np.concatenate([gs[k] for gs in (pos_groups, neg_groups) for k in rng.integers(0, len(gs), len(gs))])
         v = metric(y_true[idx], y_score[idx])
         if v is not None:
             vals.append(v)
@@ -136,20 +157,21 @@ def _tpr_value(alpha):
     return f
 
 
-def summary(y_true, y_score, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUC, TPR@1% and @0.1% FPR with bootstrap CIs, oracle ASR, on one set of samples."""
+def summary(y_true, y_score, n_boot: int = 1000, seed: int = 0, groups=None) -> dict:
+    """AUC, TPR@1% and @0.1% FPR with bootstrap CIs (a cluster bootstrap over ``groups`` when given), oracle
+    ASR, on one set of samples."""
     y_true, y_score = _check(y_true, y_score)
     out = {"n_members": int(y_true.sum()), "n_nonmembers": int((~y_true).sum()),
            "auc": auc(y_true, y_score), "asr_oracle": asr_oracle(y_true, y_score)}
     if n_boot:
-        out["auc_ci"] = bootstrap_ci(auc, y_true, y_score, n_boot, seed=seed)
+        out["auc_ci"] = bootstrap_ci(auc, y_true, y_score, n_boot, seed=seed, groups=groups)
     for alpha, key in ((0.01, "tpr_at_1pct_fpr"), (0.001, "tpr_at_0.1pct_fpr")):
         r = tpr_at_fpr(y_true, y_score, alpha)
         out[key] = r.tpr
         out[key + "_achieved_fpr"] = r.achieved_fpr
         out[key + "_resolvable"] = r.resolvable
         if n_boot and r.resolvable:
-            out[key + "_ci"] = bootstrap_ci(_tpr_value(alpha), y_true, y_score, n_boot, seed=seed)
+            out[key + "_ci"] = bootstrap_ci(_tpr_value(alpha), y_true, y_score, n_boot, seed=seed, groups=groups)
     return out
 
 

@@ -26,12 +26,19 @@ from . import metrics
 from .errors import DiffmiaError
 
 
-def calibration_split(is_member, frac: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Boolean mask of the calibration rows: ``frac`` of the members and of the non-members (seeded)."""
+def calibration_split(is_member, frac: float = 0.5, seed: int = 0, groups=None) -> np.ndarray:
+    """Boolean mask of the calibration rows: ``frac`` of the members and of the non-members (seeded). With
+    ``groups`` (one label per row, e.g. an utterance's sentence), ``frac`` of each side's groups, whole: no
+    group has rows in both halves, so nothing learned or chosen on calibration rows has seen a test row's
+    near-copy."""
     is_member = np.asarray(is_member).astype(bool)
     rng = np.random.default_rng(seed)
     calib = np.zeros(len(is_member), bool)
-    for grp in (np.flatnonzero(is_member), np.flatnonzero(~is_member)):
+    if groups is not None:
+        for side in metrics.group_rows(is_member, groups):
+            for k in rng.permutation(len(side))[:int(round(frac * len(side)))]:
+                calib[side[k]] = True
+    for grp in (np.flatnonzero(is_member), np.flatnonzero(~is_member)) if groups is None else ():
         k = int(round(frac * len(grp)))
         calib[rng.permutation(grp)[:k]] = True
     if not (calib & is_member).any() or not (calib & ~is_member).any() \
@@ -42,14 +49,14 @@ def calibration_split(is_member, frac: float = 0.5, seed: int = 0) -> np.ndarray
 
 
 def attack_scores(attack, features: dict, is_member: np.ndarray, calib: np.ndarray, folds: int = 2,
-                  seed: int = 0) -> dict[str, np.ndarray]:
+                  seed: int = 0, groups=None) -> dict[str, np.ndarray]:
     """Every score variant of ``attack`` for every row, never scoring a row with a fit that saw it.
 
     Query-only attacks: ``attack.scores(features)``. Learned attacks: test rows are scored by the attack
     fitted on all calibration rows; calibration rows are cross-fitted (``folds`` stratified folds of the
     calibration rows, drawn with ``seed + 1``: fit on the other folds, score the held-out one), so that
     choosing a variant or a threshold on calibration scores is not fooled by in-sample fit (an unpruned
-    decision tree is perfect on its own training rows).
+    decision tree is perfect on its own training rows). With ``groups``, folds hold whole groups.
     """
     if not attack.learned:
         return attack.scores(features)
@@ -59,7 +66,11 @@ def attack_scores(attack, features: dict, is_member: np.ndarray, calib: np.ndarr
     out = {k: np.array(v, dtype=np.float64, copy=True) for k, v in full.items()}
     rng = np.random.default_rng(seed + 1)
     fold = np.full(len(is_member), -1)
-    for grp in (np.flatnonzero(calib & is_member), np.flatnonzero(calib & ~is_member)):
+    if groups is not None:
+        for side in metrics.group_rows(is_member[calib], np.asarray(groups)[calib]):
+            for f, k in enumerate(rng.permutation(len(side))):
+                fold[np.flatnonzero(calib)[side[k]]] = f % folds
+    for grp in (np.flatnonzero(calib & is_member), np.flatnonzero(calib & ~is_member)) if groups is None else ():
         fold[rng.permutation(grp)] = np.arange(len(grp)) % folds
     for f in range(folds):
         train_rows, held = calib & (fold != f), fold == f
@@ -87,7 +98,7 @@ EPSILON_RULES = {"calibrated": "best balanced accuracy on calibration",
 
 
 def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_boot: int = 1000,
-             seed: int = 0, delta: float = metrics.DEFAULT_DELTA) -> dict:
+             seed: int = 0, delta: float = metrics.DEFAULT_DELTA, groups=None) -> dict:
     """The calibration/test protocol for one attack.
 
     The headline variant and the thresholds are chosen on the calibration rows only (highest
@@ -95,6 +106,7 @@ def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_bo
     ``sweep`` lists every variant's AUC and TPR@1%FPR on all rows: selecting from it is oracle selection.
     ``empirical_epsilon``: a 95% lower bound on the epsilon of (epsilon, ``delta``)-DP that the test rows
     show, over three thresholds chosen on the calibration rows (EPSILON_RULES; Bonferroni over them).
+    ``groups``: the bootstrap CIs resample whole groups (``metrics.bootstrap_ci``).
     """
     is_member = np.asarray(is_member).astype(bool)
     calib = np.asarray(calib).astype(bool)
@@ -102,7 +114,8 @@ def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_bo
     chosen, calib_auc = choose_variant(variants, is_member, calib)
     s = variants[chosen]
     out = {"variant": chosen, "calibration_auc": calib_auc[chosen]}
-    out.update(metrics.summary(is_member[test], s[test], n_boot, seed))
+    out.update(metrics.summary(is_member[test], s[test], n_boot, seed,
+                               groups=None if groups is None else np.asarray(groups)[test]))
     thr = metrics.best_threshold(is_member[calib], s[calib])
     out["calibrated"] = metrics.rates_at(is_member[test], s[test], thr)
     thr1 = metrics.threshold_at_fpr(is_member[calib], s[calib], 0.01)
@@ -147,10 +160,11 @@ def dp_audit_warnings(report: dict) -> list[str]:
     return out
 
 
-def shift_check(images: np.ndarray, is_member: np.ndarray, results: dict) -> dict:
+def shift_check(images: np.ndarray, is_member: np.ndarray, results: dict, groups=None) -> dict:
     """Warnings when the blind baseline finds a shift or an attack does not beat it, and the MMD shift
     test on the images (``shift_distance``, which never queries the model: it runs without the blind
-    baseline too)."""
+    baseline too). With ``groups``, the test takes one seeded row of each group, since its permutation
+    p-value needs independent rows (eight renderings of one sentence are not eight draws)."""
     warnings = []
     b = results.get("blind")
     lo = (b.get("auc_ci") or (None, None))[0] if b else None
@@ -162,7 +176,14 @@ def shift_check(images: np.ndarray, is_member: np.ndarray, results: dict) -> dic
         if name != "blind" and r["auc"] <= b["auc"]:
             warnings.append(f"{name}: AUC {r['auc']:.3f} does not beat the blind baseline ({b['auc']:.3f}).")
     flat = images.reshape(len(images), -1)
-    return {"warnings": warnings, "shift": shift_distance(flat[is_member], flat[~is_member])}
+    if groups is not None:
+        rng = np.random.default_rng(0)
+        keep = np.sort([rows[rng.integers(len(rows))] for side in metrics.group_rows(is_member, groups) for rows in side])
+        flat, is_member = flat[keep], np.asarray(is_member, bool)[keep]
+    shift = shift_distance(flat[is_member], flat[~is_member])
+    if groups is not None:
+        shift["one_row_per_group"] = True
+    return {"warnings": warnings, "shift": shift}
 
 
 def shift_distance(features_members, features_nonmembers, n_permutations: int = 200, max_per_group: int = 1000,

@@ -1,5 +1,5 @@
 """The two audio targets (diffmia/train_audio.py, wave_unet.py) and the audio attack run (audio_attack.py,
-``diffmia train-audio`` / ``attack-audio``) on a corpus of 12 utterances (4 members, 4 non-members). The attacks' separation
+``diffmia train-audio`` / ``attack-audio``) on a corpus of 16 utterances (4 members; 8 non-members: 4 sentences x 2 speeds). The attacks' separation
 on continuous-time targets is tested on the memorised VP-SDE fixture (tests/test_vpsde.py); the size of the
 mel vs waveform effect is a benchmark (benchmarks/AUDIO.md), not a test."""
 
@@ -15,7 +15,7 @@ from diffmia.scores import Scores
 from diffmia.train_audio import build_model, model_data, steps_for, train_audio
 from diffmia.wave_unet import WaveUNet1D
 
-SMALL = dict(sentences=6, voices=("en-us",), speeds=(140, 175), n_members=4, seed=3)
+SMALL = dict(sentences=8, voices=("en-us",), speeds=(140, 175), n_members=4, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_both_targets_train_on_the_same_members_for_the_same_epochs(corpus_dir, 
         assert sorted(split["members"]) == sorted(c.members.tolist())
     shapes = {m: VPSDETarget.from_pretrained(targets / m, device="cpu").sample_shape for m in ("mel", "wave")}
     assert tuple(shapes["mel"]) == (1, 32, 32) and tuple(shapes["wave"]) == (1, 1, 4096)
-    assert model_data(c, "wave").shape == (12, 1, 1, 4096) and model_data(c, "mel").shape == (12, 1, 32, 32)
+    assert model_data(c, "wave").shape == (16, 1, 1, 4096) and model_data(c, "mel").shape == (16, 1, 32, 32)
 
 
 def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targets, tmp_path, monkeypatch, capsys):
@@ -88,8 +88,8 @@ def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targe
     assert main(args) == 0
     out = capsys.readouterr().out
     r = json.loads((run / "metrics.json").read_text())
-    assert r["modality"] == "wave" and r["n_members"] == 4 and r["n_nonmembers"] == 4
-    assert set(r["attacks"]) == {"pia", "pian", "secmi", "loss"} and "pia" in out
+    assert r["modality"] == "wave" and r["n_members"] == 4 and r["n_nonmembers"] == 8
+    assert set(r["attacks"]) == {"pia", "pian", "secmi", "loss", "blind"} and "pia" in out and "shift test" in out
     first = {n: Scores.load(run / f"{n}.npz").variants[r["attacks"][n]["variant"]] for n in r["attacks"]}
     calls = []
     orig = VPSDETarget.eps
@@ -105,7 +105,7 @@ def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targe
 def test_attack_audio_refuses_bad_input_in_one_line(corpus_dir, targets, memorised_dir, tmp_path, capsys):
     base = ["--corpus", str(corpus_dir), "--out", str(tmp_path / "r"), "--n-boot", "5"]
     assert main(["attack-audio", "--target", str(targets / "mel"), "--n-nonmembers", "50", *base]) == 2
-    assert "--n-nonmembers must be 1 to 4" in capsys.readouterr().err
+    assert "--n-nonmembers must be 1 to 8" in capsys.readouterr().err
     assert main(["attack-audio", "--target", str(memorised_dir), *base]) == 2   # an image DDPM, not audio
     err = capsys.readouterr().err
     assert err.startswith("diffmia: error:") and "train-audio" in err and len(err.strip().splitlines()) == 1
@@ -186,3 +186,36 @@ def test_attack_audio_names_a_nan_model_and_keeps_finished_features(corpus_dir, 
     err = capsys.readouterr().err
     assert "pia: the model" in err and "non-finite" in err and len(err.strip().splitlines()) == 1
     assert not (run / "features" / "pia.npz").exists()          # nothing wrong is cached
+
+
+def test_audio_blind_baseline_sees_the_log_mels_never_the_model_and_keeps_sentences_whole(corpus_dir, targets,
+                                                                                          tmp_path, monkeypatch):
+    """The blind baseline and the shift test see each segment's log-mel whichever target is attacked (same rows,
+    same scores on the mel and the waveform target), never query it, and a sentence's renderings are all in the
+    calibration half or all in the test half."""
+    from diffmia import protocol
+    from diffmia.audio_attack import attack_audio
+    from diffmia.data.audio_corpus import load_audio_corpus
+    from diffmia.targets.vpsde import VPSDETarget
+
+    def no_queries(*a, **k):
+        raise AssertionError("the blind baseline queried the target")
+
+    monkeypatch.setattr(VPSDETarget, "eps", no_queries)
+    r = {m: attack_audio(targets / m, corpus_dir, tmp_path / m, attacks=("blind",), n_boot=20) for m in ("mel", "wave")}
+    s = {m: Scores.load(tmp_path / m / "blind.npz") for m in ("mel", "wave")}
+    assert np.array_equal(s["mel"].variants["blind"], s["wave"].variants["blind"])
+    assert r["mel"]["shift"] == r["wave"]["shift"] and r["mel"]["shift"]["one_row_per_group"]
+    c = load_audio_corpus(corpus_dir)
+    text = dict(zip(c.ids.tolist(), c.text.tolist()))
+    half = {}
+    for i, cal in zip(s["mel"].ids.tolist(), s["mel"].calibration.tolist()):
+        assert half.setdefault(text[i], cal) == cal              # never one rendering in each half
+    rows = [int(np.flatnonzero(c.ids == i)[0]) for i in s["mel"].ids]
+    mel = c.mel[rows].reshape(len(rows), -1)
+    groups = np.unique(c.text[rows], return_inverse=True)[1]
+    expect = protocol.shift_check(mel, s["mel"].is_member, {}, groups=groups)["shift"]
+    assert r["mel"]["shift"]["mmd2"] == pytest.approx(expect["mmd2"])
+    monkeypatch.undo()
+    plain = attack_audio(targets / "mel", corpus_dir, tmp_path / "nb", attacks=("loss",), blind=False, n_boot=20)
+    assert set(plain["attacks"]) == {"loss"} and plain["shift"]["mmd2"] == r["mel"]["shift"]["mmd2"]

@@ -185,3 +185,63 @@ def test_tpr_at_fpr_with_tied_scores():
     assert metrics.tpr_at_fpr(y, s, 0.005).tpr == 0.25
     assert metrics.tpr_at_fpr(y, s, 0.01).tpr == 0.5
     assert metrics.auc([1, 0, 0], [1.0, 1.0, 0.0]) == 0.75                 # a tie counts half
+
+
+def _clustered(seed=0):
+    """24 member groups of one row, 12 non-member groups of 8 rows each (a sentence's renderings), scores per group."""
+    rng = np.random.default_rng(seed)
+    groups = np.r_[np.arange(24), np.repeat(np.arange(24, 36), 8)]
+    is_member = np.r_[np.ones(24, bool), np.zeros(96, bool)]
+    score = rng.normal(size=36)[groups] + 0.01 * rng.normal(size=len(groups)) + 0.5 * is_member
+    return groups, is_member, score
+
+
+def test_grouped_calibration_split_keeps_each_group_on_one_side_and_ungrouped_is_unchanged():
+    groups, is_member, _ = _clustered()
+    calib = protocol.calibration_split(is_member, 0.5, seed=3, groups=groups)
+    for g in np.unique(groups):
+        assert len(set(calib[groups == g])) == 1                 # never split across the halves
+    assert (calib & is_member).sum() == 12 and (calib & ~is_member).sum() == 6 * 8   # half of each side's groups
+    assert not np.array_equal(calib, protocol.calibration_split(is_member, 0.5, seed=4, groups=groups))
+    plain = protocol.calibration_split(is_member, 0.5, seed=3)    # without groups: row by row, as before
+    assert any(len(set(plain[groups == g])) == 2 for g in range(24, 36))
+    mixed = groups.copy()
+    mixed[0] = 30                                                 # a member in a non-member group
+    with pytest.raises(Exception, match="both members and non-members"):
+        protocol.calibration_split(is_member, 0.5, groups=mixed)
+
+
+def test_cluster_bootstrap_counts_a_groups_rows_once_and_cross_fitting_folds_hold_whole_groups():
+    groups, is_member, score = _clustered()
+    rows = metrics.bootstrap_ci(metrics.auc, is_member, score, 400, seed=1)
+    clusters = metrics.bootstrap_ci(metrics.auc, is_member, score, 400, seed=1, groups=groups)
+    # 12 non-member groups, not 96 independent rows: the honest interval is wider, as wide as with one row per group
+    one = np.r_[np.arange(24), 24 + 8 * np.arange(12)]
+    dedup = metrics.bootstrap_ci(metrics.auc, is_member[one], score[one], 400, seed=1)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(clusters) > 1.25 * width(rows)
+    assert width(clusters) == pytest.approx(width(dedup), rel=0.2)
+    summary = metrics.summary(is_member, score, 400, seed=1, groups=groups)
+    assert summary["auc_ci"] == pytest.approx(clusters)
+
+    class Memo(Attack):                   # a learned attack that remembers each group's label from its fit rows
+        name, learned = "memo", True
+
+        def __init__(self):
+            pass
+
+        def _queries(self, T):
+            return 0
+
+        def _fit(self, f, y):
+            self.seen_ = dict(zip(f["g"].tolist(), np.asarray(y, float).tolist()))
+
+        def _scores(self, f):
+            return {"memo": np.array([self.seen_.get(g, 0.5) for g in f["g"].tolist()])}
+
+    calib = protocol.calibration_split(is_member, 0.5, seed=0, groups=groups)
+    feats = {"g": groups.astype(float)}
+    out = protocol.attack_scores(Memo(), feats, is_member, calib, seed=0, groups=groups)["memo"]
+    assert np.all(out == 0.5)             # no row was scored by a fit that saw its group (in or out of fold)
+    leaky = protocol.attack_scores(Memo(), feats, is_member, calib, seed=0)["memo"]
+    assert np.any(leaky[calib & ~is_member] == 0)               # row-wise folds let a sentence's copies leak
