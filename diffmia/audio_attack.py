@@ -3,7 +3,8 @@
 The pipeline is the image runner's, on audio samples: corpus -> target -> per-attack features (cached in the
 run folder, keyed by the attack's parameters, the target's weights and the samples) -> score variants ->
 the calibration/test protocol (variant and thresholds chosen on a seeded calibration half, numbers on the test
-half, bootstrap CIs, empirical epsilon) -> metrics.json, per-sample scores (.npz/.csv), ROC figures.
+half, bootstrap CIs, empirical epsilon) -> metrics.json, per-sample scores (.npz/.csv), report.md/.html
+with ROC figures (the image runner's report writer).
 Scores are oriented by each attack's definition (higher = member) and never flipped.
 
 The rows are grouped by sentence (``GROUPS``): a non-member sentence has eight renderings, near-copies of one
@@ -57,7 +58,8 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
     """Run ``attacks`` on the audio target in ``target_dir``; results in ``out`` (rerun: cached features reused).
     ``blind``: add the blind baseline (on the segments' log-mels; see the module docstring)."""
     from .data.audio_corpus import load_audio_corpus
-    from .report import plot_rocs
+    from .report import write_report
+    from .run import epsilon_audit
     from .run import make_attack
     from .targets.vpsde import VPSDETarget
     from .train_audio import model_data
@@ -92,7 +94,9 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
                 "ids": hashlib.sha256(ids.tobytes()).hexdigest()}
     (out / "features").mkdir(parents=True, exist_ok=True)
     calib = protocol.calibration_split(is_member, calibration_fraction, seed, groups=groups)
-    report = {"target": str(target_dir), "modality": modality, "scale": float(record.get("scale", 1.0)), "corpus": str(corpus_dir), "weights": weights,
+    report = {"target": str(target_dir), "modality": modality, "scale": float(record.get("scale", 1.0)),
+              "corpus": str(corpus_dir), "data": str(corpus_dir), "split": str(split_file), "weights": weights,
+              "calibration_fraction": calibration_fraction, "epsilon_audit": epsilon_audit(None),
               "n_members": int(is_member.sum()), "n_nonmembers": int((~is_member).sum()),
               "sample_shape": list(data.shape[1:]), "seed": seed, "groups": GROUPS, "attacks": {}}
     all_scores = {}
@@ -104,7 +108,7 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
             key = {"attack": name, "params": atk.get_params(), "samples": hashlib.sha256(mels.tobytes()).hexdigest(),
                    "ids": key_base["ids"]}
         cache = out / "features" / f"{name}.npz"
-        feats = None
+        feats, meta = None, {}
         if cache.exists():
             arrays, meta = load_npz(cache)
             feats = arrays if meta.get("key") == key else None
@@ -116,16 +120,20 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
             if bad:
                 raise DiffmiaError(f"{name}: the model at {target_dir} answered non-finite values ({bad[0]}); "
                                    "the other attacks' cached features are kept")
-            save_npz(cache, feats, {"key": key, "queries": target.queries})
+            meta = {"key": key, "queries": target.queries}
+            save_npz(cache, feats, meta)
         variants = protocol.attack_scores(atk, feats, is_member, calib, seed=seed, groups=groups)
         sc = Scores(name, ids, is_member, calib, variants, atk.get_params())
         sc.save(out)
         all_scores[name] = sc
         r = protocol.evaluate(variants, is_member, calib, n_boot=n_boot, seed=seed, groups=groups)
-        r["queries_per_sample"] = atk.queries_per_sample(target.num_train_timesteps)
-        r["seconds"] = round(time.perf_counter() - start, 2)
+        r.update({"paper": atk.paper, "threat_model": atk.threat_model, "access": atk.access,
+                  "params": atk.get_params(), "learned": atk.learned,
+                  "queries_per_sample": atk.queries_per_sample(target.num_train_timesteps),
+                  "measured_queries_per_sample": meta["queries"] / len(ids) if atk.access == "model" else None,
+                  "seconds": round(time.perf_counter() - start, 2)})     # features from the cache: fit and scoring
         report["attacks"][name] = r
     report.update(protocol.shift_check(mels, is_member, report["attacks"], groups=groups))
     (out / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
-    report["figures"] = plot_rocs(report, all_scores, out)
+    write_report(out, report, all_scores)                  # report.md, report.html, roc.png, roc_loglog.png
     return report

@@ -101,5 +101,5 @@ def cmd_attack_audio(a) -> int:
     print(f"  shift test (log-mels, members vs non-members): MMD^2 {sh['mmd2']:.2e}, permutation p = {sh['p_value']:.3f}")
     for w in r["warnings"]:
         print(f"WARNING: {w}")
-    print(f"results in {a.out}/metrics.json, roc.png, roc_loglog.png")
+    print(f"results in {a.out}/report.html, report.md, metrics.json")
     return 0

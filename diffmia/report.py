@@ -212,7 +212,17 @@ def interpretation(report: dict) -> str:
     return text
 
 
+def shift_space(report: dict) -> str:
+    """What the shift test compared: pixels, or an audio run's log-mels (one rendering per sentence)."""
+    if report.get("modality"):
+        return "log-mel distributions, one rendering per sentence"
+    return "pixel distributions"
+
+
 def _space(report: dict) -> str:
+    if report.get("modality"):
+        return (f" Audio target ({report['modality']}): a sentence's renderings are all in one half, the bootstrap "
+                "resamples sentences, and the blind baseline sees each segment's log-mel.")
     if report.get("space") != "latent":
         return ""
     g = report.get("guidance_scale")
@@ -240,7 +250,7 @@ def write_report(folder, report: dict, all_scores: dict, samples: Path | None = 
         md.append(f"> **Warning:** {w}\n")
     md += [markdown_table(HEADER, table_rows(report)), "", interpretation(report), ""]
     if "shift" in report:
-        md.append(f"Shift diagnostic (member vs non-member pixel distributions): `{report['shift']}`\n")
+        md.append(f"Shift diagnostic (member vs non-member {shift_space(report)}): `{report['shift']}`\n")
     md += ["## ROC (test half)", "", f"![ROC]({figs[0]}) ![ROC log-log]({figs[1]})", ""]
     if samples is not None and Path(samples).exists():
         shutil.copy(samples, folder / "target_samples.png")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .metrics import fmt
 from .report import (COST_HEADER, HEADER, chosen_variant, cost_rows, epsilon_table, epsilon_text, interpretation,
-                     intro, roc_figure, table_rows)
+                     intro, roc_figure, shift_space, table_rows)
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1150px; margin: 1.5em auto; padding: 0 1em; color: #222; }
@@ -127,7 +127,7 @@ def baseline_and_warnings(report: dict) -> list[str]:
     if shift:
         items = (", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in shift.items())
                  if isinstance(shift, dict) else str(shift))
-        out.append(f'<p class="note">Shift diagnostic (member vs non-member pixel distributions): '
+        out.append(f'<p class="note">Shift diagnostic (member vs non-member {shift_space(report)}): '
                    f"{escape(items)}</p>")
     return out
 

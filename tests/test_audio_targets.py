@@ -99,7 +99,10 @@ def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targe
     again = json.loads((run / "metrics.json").read_text())
     for n in r["attacks"]:
         assert np.array_equal(Scores.load(run / f"{n}.npz").variants[again["attacks"][n]["variant"]], first[n])
-    assert (run / "roc_loglog.png").exists()
+    assert (run / "roc_loglog.png").exists() and (run / "report.html").exists()
+    md = (run / "report.md").read_text()        # the image runner's report, told the rows are grouped by sentence
+    assert "Audio target (wave)" in md and "log-mel distributions, one rendering per sentence" in md
+    assert r["attacks"]["pia"]["measured_queries_per_sample"] == r["attacks"]["pia"]["queries_per_sample"]
 
 
 def test_attack_audio_refuses_bad_input_in_one_line(corpus_dir, targets, memorised_dir, tmp_path, capsys):
