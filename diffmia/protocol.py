@@ -106,7 +106,9 @@ def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_bo
     ``sweep`` lists every variant's AUC and TPR@1%FPR on all rows: selecting from it is oracle selection.
     ``empirical_epsilon``: a 95% lower bound on the epsilon of (epsilon, ``delta``)-DP that the test rows
     show, over three thresholds chosen on the calibration rows (EPSILON_RULES; Bonferroni over them).
-    ``groups``: the bootstrap CIs resample whole groups (``metrics.bootstrap_ci``).
+    ``groups``: the bootstrap CIs resample whole groups (``metrics.bootstrap_ci``); the calibrated decisions and
+    the epsilon bound, whose Clopper-Pearson intervals assume independent rows, use one seeded row per test group
+    (``one_row_per_group``; their count is ``independent_test_rows``).
     """
     is_member = np.asarray(is_member).astype(bool)
     calib = np.asarray(calib).astype(bool)
@@ -116,13 +118,17 @@ def evaluate(variants: dict[str, np.ndarray], is_member, calib: np.ndarray, n_bo
     out = {"variant": chosen, "calibration_auc": calib_auc[chosen]}
     out.update(metrics.summary(is_member[test], s[test], n_boot, seed,
                                groups=None if groups is None else np.asarray(groups)[test]))
+    # Clopper-Pearson intervals need independent rows: with groups, one row of each test group
+    ind = test if groups is None else test & one_row_per_group(is_member, groups)
+    if groups is not None:
+        out["independent_test_rows"] = {"members": int((ind & is_member).sum()), "nonmembers": int((ind & ~is_member).sum())}
     thr = metrics.best_threshold(is_member[calib], s[calib])
-    out["calibrated"] = metrics.rates_at(is_member[test], s[test], thr)
+    out["calibrated"] = metrics.rates_at(is_member[ind], s[ind], thr)
     thr1 = metrics.threshold_at_fpr(is_member[calib], s[calib], 0.01)
-    out["calibrated_at_1pct_fpr"] = metrics.rates_at(is_member[test], s[test], thr1)
+    out["calibrated_at_1pct_fpr"] = metrics.rates_at(is_member[ind], s[ind], thr1)
     thr_eps = metrics.threshold_max_epsilon(is_member[calib], s[calib], delta)
     out["empirical_epsilon"] = metrics.empirical_epsilon(
-        is_member[test], s[test], dict(zip(EPSILON_RULES, (thr, thr1, thr_eps))), delta)
+        is_member[ind], s[ind], dict(zip(EPSILON_RULES, (thr, thr1, thr_eps))), delta)
     if len(variants) > 1:
         out["sweep"] = {k: {"auc": metrics.auc(is_member, v), "tpr_at_1pct_fpr": metrics.tpr_at_fpr(is_member, v, 0.01).tpr,
                             "calibration_auc": calib_auc[k]} for k, v in variants.items()}
@@ -160,6 +166,17 @@ def dp_audit_warnings(report: dict) -> list[str]:
     return out
 
 
+def one_row_per_group(is_member, groups, seed: int = 0) -> np.ndarray:
+    """Boolean mask with one seeded row of each group: the rows a test that assumes independent draws may use
+    (the renderings of one sentence are one draw of the sentence, not several)."""
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(groups), bool)
+    for side in metrics.group_rows(is_member, groups):
+        for rows in side:
+            keep[rows[rng.integers(len(rows))]] = True
+    return keep
+
+
 def shift_check(images: np.ndarray, is_member: np.ndarray, results: dict, groups=None) -> dict:
     """Warnings when the blind baseline finds a shift or an attack does not beat it, and the MMD shift
     test on the images (``shift_distance``, which never queries the model: it runs without the blind
@@ -177,8 +194,7 @@ def shift_check(images: np.ndarray, is_member: np.ndarray, results: dict, groups
             warnings.append(f"{name}: AUC {r['auc']:.3f} does not beat the blind baseline ({b['auc']:.3f}).")
     flat = images.reshape(len(images), -1)
     if groups is not None:
-        rng = np.random.default_rng(0)
-        keep = np.sort([rows[rng.integers(len(rows))] for side in metrics.group_rows(is_member, groups) for rows in side])
+        keep = one_row_per_group(is_member, groups)
         flat, is_member = flat[keep], np.asarray(is_member, bool)[keep]
     shift = shift_distance(flat[is_member], flat[~is_member])
     if groups is not None:

@@ -245,3 +245,19 @@ def test_cluster_bootstrap_counts_a_groups_rows_once_and_cross_fitting_folds_hol
     assert np.all(out == 0.5)             # no row was scored by a fit that saw its group (in or out of fold)
     leaky = protocol.attack_scores(Memo(), feats, is_member, calib, seed=0)["memo"]
     assert np.any(leaky[calib & ~is_member] == 0)               # row-wise folds let a sentence's copies leak
+
+
+def test_epsilon_bound_and_calibrated_rates_count_one_row_per_group():
+    """Clopper-Pearson intervals assume independent rows: eight copies of a non-member are one draw. A perfect
+    separation on 6 test non-member groups of 8 rows proves far less than on 48 independent rows."""
+    groups, is_member, _ = _clustered()
+    score = np.where(is_member, 1.0, 0.0) + 0.01 * np.arange(len(groups)) / len(groups)
+    calib = protocol.calibration_split(is_member, 0.5, seed=0, groups=groups)
+    grouped = protocol.evaluate({"s": score}, is_member, calib, n_boot=50, groups=groups)
+    rows = protocol.evaluate({"s": score}, is_member, calib, n_boot=50)
+    assert grouped["independent_test_rows"] == {"members": 12, "nonmembers": 6}
+    assert grouped["calibrated"]["fpr_ci"][1] == pytest.approx(metrics.clopper_pearson(0, 6)[1])
+    assert grouped["empirical_epsilon"]["lower_bound"] < rows["empirical_epsilon"]["lower_bound"] - 1
+    keep = ~calib & protocol.one_row_per_group(is_member, groups)
+    alone = metrics.empirical_epsilon(is_member[keep], score[keep], {"t": 0.5})
+    assert grouped["empirical_epsilon"]["lower_bound"] == pytest.approx(alone["lower_bound"], abs=0.3)
