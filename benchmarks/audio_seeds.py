@@ -39,18 +39,22 @@ def main(argv=None) -> int:
         p.error(f"--mel has {len(a.mel)} folders and --wave {len(a.wave)}: give one of each per seed")
     rows = []
     for k, (mel, wave) in enumerate(zip(a.mel, a.wave)):
-        seeds = {json.loads((Path(d) / "training.json").read_text())["seed"] for d in (mel, wave)}
-        if len(seeds) != 1:
-            p.error(f"{mel} and {wave} were trained with different seeds {sorted(seeds)}")
-        row = {"seed": seeds.pop(), "mel": mel, "wave": wave}
+        rec = {m: json.loads((Path(d) / "training.json").read_text()) for m, d in (("mel", mel), ("wave", wave))}
+        if rec["mel"]["seed"] != rec["wave"]["seed"]:
+            p.error(f"{mel} and {wave} were trained with different seeds")
+        row = {"seed": rec["mel"]["seed"], "mel": mel, "wave": wave, "epochs": {m: r["epochs"] for m, r in rec.items()},
+               "final_loss": {m: r["final_loss"] for m, r in rec.items()}, "label": f"seed {rec['mel']['seed']}"}
         for modality, target in (("mel", mel), ("wave", wave)):
             r = attack_audio(target, a.corpus, Path(a.out) / Path(target).name, params=PARAMS, n_boot=a.n_boot)
             row[modality] = {n: {"auc": r["attacks"][n]["auc"], "auc_ci": r["attacks"][n]["auc_ci"],
                                  "tpr_at_1pct_fpr": r["attacks"][n]["tpr_at_1pct_fpr"],
                                  "variant": r["attacks"][n]["variant"]} for n in (*AUDIO_ATTACKS, "blind")}
         rows.append(row)
-        print(f"seed {row['seed']}: " + ", ".join(f"{n} {row['mel'][n]['auc']:.3f} vs {row['wave'][n]['auc']:.3f}"
+        print(f"{row['label']}: " + ", ".join(f"{n} {row['mel'][n]['auc']:.3f} vs {row['wave'][n]['auc']:.3f}"
                                                   for n in AUDIO_ATTACKS), flush=True)
+    if len({r["epochs"]["wave"] for r in rows}) > 1:        # e.g. one waveform target trained for longer
+        for r in rows:
+            r["label"] += f", wave {r['epochs']['wave']} epochs"
     summary = {}
     for n in AUDIO_ATTACKS:
         m = np.array([r["mel"][n]["auc"] for r in rows])
@@ -69,7 +73,7 @@ def main(argv=None) -> int:
 
 
 def table(rows, summary) -> str:
-    head = " | ".join(f"seed {r['seed']}: mel / wave (diff)" for r in rows)
+    head = " | ".join(f"{r['label']}: mel / wave (diff)" for r in rows)
     lines = [f"| attack | {head} | mean mel / wave | mel - wave mean +- sd [min, max] |",
              "|---" * (len(rows) + 3) + "|"]
     for n, s in summary.items():

@@ -64,3 +64,27 @@ def test_python_example_runs(monkeypatch, capsys):
         exec(compile(code, "README.md", "exec"), {})
     auc, tpr = capsys.readouterr().out.split(maxsplit=1)
     assert 0.75 < float(auc) <= 1.0                       # PIA on 128 + 128 reference samples
+
+
+def test_readme_audio_numbers_are_the_benchmark_results():
+    """The audio paragraph quotes benchmarks/results/audio*.json (written by benchmarks/audio.py and
+    audio_seeds.py): rerunning the experiment without updating the README fails here."""
+    res = ROOT / "benchmarks" / "results"
+    raw = json.loads((res / "audio.json").read_text())
+    x4 = json.loads((res / "audio-x4.json").read_text())
+    seeds = json.loads((res / "audio-seeds.json").read_text())
+    pia = lambda r, m: r["reports"][m]["attacks"]["pia"]  # noqa: E731
+    w = pia(raw, "wave")
+    d = raw["mel_minus_wave_auc"]["pia"]
+    for phrase in (f"PIA AUC {pia(raw, 'mel')['auc']:.3f} vs {w['auc']:.3f} [{w['auc_ci'][0]:.2f}, {w['auc_ci'][1]:.2f}]",
+                   f"(difference {d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}])",
+                   f"loss attack {raw['reports']['mel']['attacks']['loss']['auc']:.3f} vs "
+                   f"{raw['reports']['wave']['attacks']['loss']['auc']:.3f}",
+                   f"over {['no', 'one', 'two', 'three', 'four', 'five'][len(seeds['seeds'])]} training seeds",
+                   f"PIA difference {seeds['summary']['pia']['difference_mean']:+.2f} +- "
+                   f"{seeds['summary']['pia']['difference_sd']:.2f}",
+                   f"PIA reaches {pia(x4, 'wave')['auc']:.3f} [{pia(x4, 'wave')['auc_ci'][0]:.2f}, "
+                   f"{pia(x4, 'wave')['auc_ci'][1]:.2f}]"):
+        assert phrase in " ".join(README.split()), phrase
+    assert all(min(r["mel"][n]["auc"] - r["wave"][n]["auc"] for r in seeds["seeds"]) > 0
+               for n in ("pia", "pian", "secmi", "loss"))            # "leads under every attack in every seed"
