@@ -35,7 +35,8 @@ from .targets.pytorch_ddpm import sha256_file
 
 AUDIO_ATTACKS = ("pia", "pian", "secmi", "loss")
 GROUPS = ("by sentence: a sentence's renderings (voices, speeds) are all in the calibration half or all in the test "
-          "half, bootstrap CIs resample sentences, the shift test takes one rendering per sentence")
+          "half, bootstrap CIs resample sentences, the Clopper-Pearson bounds (calibrated rates, empirical epsilon) and "
+          "the shift test take one rendering per sentence")
 
 
 def evaluation_rows(corpus, n_nonmembers: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +60,7 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
     ``blind``: add the blind baseline (on the segments' log-mels; see the module docstring)."""
     from .data.audio_corpus import load_audio_corpus
     from .report import write_report
-    from .run import epsilon_audit
-    from .run import make_attack
+    from .run import epsilon_audit, make_attack
     from .targets.vpsde import VPSDETarget
     from .train_audio import model_data
 

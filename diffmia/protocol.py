@@ -38,9 +38,10 @@ def calibration_split(is_member, frac: float = 0.5, seed: int = 0, groups=None) 
         for side in metrics.group_rows(is_member, groups):
             for k in rng.permutation(len(side))[:int(round(frac * len(side)))]:
                 calib[side[k]] = True
-    for grp in (np.flatnonzero(is_member), np.flatnonzero(~is_member)) if groups is None else ():
-        k = int(round(frac * len(grp)))
-        calib[rng.permutation(grp)[:k]] = True
+    else:
+        for grp in (np.flatnonzero(is_member), np.flatnonzero(~is_member)):
+            k = int(round(frac * len(grp)))
+            calib[rng.permutation(grp)[:k]] = True
     if not (calib & is_member).any() or not (calib & ~is_member).any() \
             or not (~calib & is_member).any() or not (~calib & ~is_member).any():
         raise DiffmiaError("too few members or non-members to split into calibration and test halves "
@@ -70,8 +71,9 @@ def attack_scores(attack, features: dict, is_member: np.ndarray, calib: np.ndarr
         for side in metrics.group_rows(is_member[calib], np.asarray(groups)[calib]):
             for f, k in enumerate(rng.permutation(len(side))):
                 fold[np.flatnonzero(calib)[side[k]]] = f % folds
-    for grp in (np.flatnonzero(calib & is_member), np.flatnonzero(calib & ~is_member)) if groups is None else ():
-        fold[rng.permutation(grp)] = np.arange(len(grp)) % folds
+    else:
+        for grp in (np.flatnonzero(calib & is_member), np.flatnonzero(calib & ~is_member)):
+            fold[rng.permutation(grp)] = np.arange(len(grp)) % folds
     for f in range(folds):
         train_rows, held = calib & (fold != f), fold == f
         if not held.any() or is_member[train_rows].all() or not is_member[train_rows].any():
