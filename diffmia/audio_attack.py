@@ -34,6 +34,7 @@ from .scores import Scores, load_npz, save_npz
 from .targets.pytorch_ddpm import sha256_file
 
 AUDIO_ATTACKS = ("pia", "pian", "secmi", "loss")
+MIN_TEST_SENTENCES = 10     # fewer test sentences on a side than this: a warning in the report
 GROUPS = ("by sentence: a sentence's renderings (voices, speeds) are all in the calibration half or all in the test "
           "half, bootstrap CIs resample sentences, the Clopper-Pearson bounds (calibrated rates, empirical epsilon) and "
           "the shift test take one rendering per sentence")
@@ -134,6 +135,10 @@ def attack_audio(target_dir, corpus_dir, out, *, attacks=AUDIO_ATTACKS, params: 
                   "seconds": round(time.perf_counter() - start, 2)})     # features from the cache: fit and scoring
         report["attacks"][name] = r
     report.update(protocol.shift_check(mels, is_member, report["attacks"], groups=groups))
+    few = {side: len(np.unique(groups[~calib & (is_member if side == "member" else ~is_member)]))
+           for side in ("member", "non-member")}
+    report["warnings"] += [f"The test half holds only {k} {side} sentence{'s' * (k != 1)}: its CIs and epsilon bounds "
+                           f"rest on {k} independent draw{'s' * (k != 1)}." for side, k in few.items() if k < MIN_TEST_SENTENCES]
     (out / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     write_report(out, report, all_scores)                  # report.md, report.html, roc.png, roc_loglog.png
     return report

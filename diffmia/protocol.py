@@ -44,8 +44,10 @@ def calibration_split(is_member, frac: float = 0.5, seed: int = 0, groups=None) 
             calib[rng.permutation(grp)[:k]] = True
     if not (calib & is_member).any() or not (calib & ~is_member).any() \
             or not (~calib & is_member).any() or not (~calib & ~is_member).any():
+        n_groups = "" if groups is None else " in {} and {} groups, each kept whole".format(
+            *(len(side) for side in metrics.group_rows(is_member, groups)))
         raise DiffmiaError("too few members or non-members to split into calibration and test halves "
-                           f"({int(is_member.sum())} members, {int((~is_member).sum())} non-members)")
+                           f"({int(is_member.sum())} members, {int((~is_member).sum())} non-members{n_groups})")
     return calib
 
 

@@ -99,6 +99,7 @@ def test_attack_audio_runs_every_attack_and_resumes_from_cache(corpus_dir, targe
     again = json.loads((run / "metrics.json").read_text())
     for n in r["attacks"]:
         assert np.array_equal(Scores.load(run / f"{n}.npz").variants[again["attacks"][n]["variant"]], first[n])
+    assert "The test half holds only 2 non-member sentences" in " ".join(r["warnings"])   # 4 sentences, half each
     assert (run / "roc_loglog.png").exists() and (run / "report.html").exists()
     md = (run / "report.md").read_text()        # the image runner's report, told the rows are grouped by sentence
     assert "Audio target (wave)" in md and "log-mel distributions, one rendering per sentence" in md
@@ -109,6 +110,9 @@ def test_attack_audio_refuses_bad_input_in_one_line(corpus_dir, targets, memoris
     base = ["--corpus", str(corpus_dir), "--out", str(tmp_path / "r"), "--n-boot", "5"]
     assert main(["attack-audio", "--target", str(targets / "mel"), "--n-nonmembers", "50", *base]) == 2
     assert "--n-nonmembers must be 1 to 8" in capsys.readouterr().err
+    assert main(["attack-audio", "--target", str(targets / "mel"), "--n-nonmembers", "2", *base]) == 2
+    err = capsys.readouterr().err                               # 2 renderings of 1 sentence: no test sentence
+    assert "(4 members, 2 non-members in 4 and 1 groups, each kept whole)" in err and len(err.strip().splitlines()) == 1
     assert main(["attack-audio", "--target", str(memorised_dir), *base]) == 2   # an image DDPM, not audio
     err = capsys.readouterr().err
     assert err.startswith("diffmia: error:") and "train-audio" in err and len(err.strip().splitlines()) == 1
