@@ -38,11 +38,8 @@ PARAMS = {"pia": {"t": SWEEP}, "pian": {"t": SWEEP}, "loss": {"timesteps": SWEEP
 def paired_auc_difference(y, a, b, groups, n_boot: int = 2000, seed: int = 0) -> dict:
     """AUC(a) - AUC(b) on the same rows, with a 95% paired bootstrap interval that resamples whole sentences
     (``groups``), members and non-members separately."""
-    rng = np.random.default_rng(seed)
-    pos, neg = metrics.group_rows(y, groups)
     diffs = []
-    for _ in range(n_boot):
-        rows = np.concatenate([side[k] for side in (pos, neg) for k in rng.integers(0, len(side), len(side))])
+    for rows in metrics.bootstrap_rows(y, n_boot, seed, groups):
         diffs.append(metrics.auc(y[rows], a[rows]) - metrics.auc(y[rows], b[rows]))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"difference": metrics.auc(y, a) - metrics.auc(y, b), "ci": [float(lo), float(hi)],

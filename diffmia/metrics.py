@@ -128,20 +128,27 @@ def group_rows(y_true, groups) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return out
 
 
+def bootstrap_rows(y_true, n_boot: int, seed: int = 0, groups=None):
+    """The rows of each of ``n_boot`` seeded, stratified bootstrap resamples (members and non-members drawn
+    separately); with ``groups``, whole groups are drawn (a cluster bootstrap)."""
+    y_true = np.asarray(y_true).astype(bool)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y_true), np.flatnonzero(~y_true)
+    pos_groups, neg_groups = group_rows(y_true, groups) if groups is not None else ([], [])
+    for _ in range(n_boot):
+        if groups is None:
+            yield np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        else:
+            yield np.concatenate([gs[k] for gs in (pos_groups, neg_groups) for k in rng.integers(0, len(gs), len(gs))])
+
+
 def bootstrap_ci(metric, y_true, y_score, n_boot: int = 1000, level: float = 0.95, seed: int = 0, groups=None):
     """Seeded stratified bootstrap interval (members and non-members resampled separately). With ``groups``
     (one label per sample, e.g. the sentence of an utterance), a cluster bootstrap: whole groups are resampled,
     so that correlated samples (renderings of one sentence) do not pass for independent ones."""
     y_true, y_score = _check(y_true, y_score)
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y_true), np.flatnonzero(~y_true)
-    pos_groups, neg_groups = group_rows(y_true, groups) if groups is not None else ([], [])
     vals = []
-    for _ in range(n_boot):
-        if groups is None:
-            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        else:
-            idx = np.concatenate([gs[k] for gs in (pos_groups, neg_groups) for k in rng.integers(0, len(gs), len(gs))])
+    for idx in bootstrap_rows(y_true, n_boot, seed, groups):
         v = metric(y_true[idx], y_score[idx])
         if v is not None:
             vals.append(v)
